@@ -1,0 +1,739 @@
+// The compressed hash array mapped prefix trie (CHAMP) behind persistent_map and transient_map.
+//
+// Layout. Every node covers the keys whose hashes share the node's prefix. A bitmap node at
+// shift s looks at the 5 hash bits (hash >> s) & 31 of a key, its *fragment*, and keeps two
+// 32-bit maps over the 32 possible fragments:
+//
+//   datamap  - fragments that hold exactly one key, stored inline as an entry;
+//   nodemap  - fragments shared by several keys, stored in a child node at shift s + 5.
+//
+// A fragment is in at most one map. The node is one allocation of exactly the needed size:
+//
+//   [ header | child pointers, by ascending fragment | entries, by ascending fragment ]
+//
+// Children come first so that the descent, which is most of a lookup, finds them at a fixed
+// offset. The full 64-bit hash is used: bitmap levels sit at shifts 0, 5, ..., 60 (the last sees
+// the top 4 bits), and only keys whose whole hashes are equal meet in a *collision node* below
+// that, an unordered array of entries (its datamap field holds the count).
+//
+// Canonical form. A subtree that holds a single key is always inlined into its parent as an
+// entry (only the root may hold a lone entry), and deletion restores this on the way up. With
+// it, the shape of a trie depends only on its set of keys, never on the order of updates: equal
+// maps iterate in the same order, and equality compares node by node, skipping any subtree that
+// both maps share by pointer.
+//
+// Sharing and ownership. A published node is immutable; it is shared by every map that reaches
+// it, and its atomic reference count is the number of parent slots and roots that point to it.
+// A transient edits a node in place only when the node carries the transient's current owner
+// token; such a node was created by that transient and is reachable only from it (its parents
+// carry the same token, up to the root), so nobody else can observe the edit. Freezing the
+// transient (taking a new token) makes all of its nodes immutable in O(1).
+//
+// Exceptions. Hash and equality may throw, as may copying keys and values or allocating. Every
+// operation gives the strong guarantee: hashes and comparisons all happen on the way down,
+// before anything is allocated; new nodes are built on the way back up, each one completely
+// before it is linked, and a node owned by a transient is dismantled only after its replacement
+// is fully built.
+#pragma once
+
+#include <cassert>
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "policy.hpp"
+
+namespace pypersistent {
+namespace detail {
+
+constexpr unsigned bits_per_level = 5;
+constexpr unsigned hash_bits = 64;
+// Bitmap levels at shifts 0..60 (13 of them), then one collision level.
+constexpr unsigned max_depth = (hash_bits + bits_per_level - 1) / bits_per_level + 1;
+
+inline unsigned fragment(hash_t hash, unsigned shift) noexcept {
+    return static_cast<unsigned>(hash >> shift) & 31u;
+}
+
+inline unsigned popcount(std::uint32_t x) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+    return static_cast<unsigned>(__builtin_popcount(x));
+#else
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    return (((x + (x >> 4)) & 0x0F0F0F0Fu) * 0x01010101u) >> 24;
+#endif
+}
+
+// Position of `bit`'s slot among the set bits of `map`.
+inline unsigned slot_index(std::uint32_t map, std::uint32_t bit) noexcept { return popcount(map & (bit - 1)); }
+
+template <class K, class V, bool CacheHash>
+struct map_entry {
+    K first;
+    V second;
+    map_entry(const K& k, const V& v, hash_t) : first(k), second(v) {}
+};
+
+template <class K, class V>
+struct map_entry<K, V, true> {
+    K first;
+    V second;
+    hash_t hash;
+    map_entry(const K& k, const V& v, hash_t h) : first(k), second(v), hash(h) {}
+};
+
+template <class K, class V, class Hash, class KeyEqual, class ValueEqual, class Policy>
+struct champ {
+    using entry_type = map_entry<K, V, Policy::cache_hash>;
+    using refcount_type = typename Policy::refcount;
+
+    static_assert(std::is_nothrow_move_constructible<K>::value && std::is_nothrow_move_constructible<V>::value,
+                  "keys and values must be nothrow move constructible: transients relocate them in place");
+
+    struct node {
+        refcount_type refs;
+        std::uint32_t datamap;  // collision node: the number of entries
+        std::uint32_t nodemap;  // collision node: 0
+        bool collision;
+        owner_t owner;
+
+        node(std::uint32_t dm, std::uint32_t nm, bool coll, owner_t own) noexcept
+            : refs(1), datamap(dm), nodemap(nm), collision(coll), owner(own) {}
+    };
+
+    // ---- layout -------------------------------------------------------------------------
+
+    static constexpr std::size_t round_up(std::size_t n, std::size_t a) noexcept { return (n + a - 1) / a * a; }
+    static constexpr std::size_t header_bytes = round_up(sizeof(node), alignof(node*));
+    static constexpr std::size_t entries_offset(unsigned children) noexcept {
+        return round_up(header_bytes + children * sizeof(node*), alignof(entry_type));
+    }
+    static constexpr std::size_t node_bytes(unsigned entries, unsigned children) noexcept {
+        return entries_offset(children) + entries * sizeof(entry_type);
+    }
+
+    static unsigned entry_count(const node* n) noexcept { return n->collision ? n->datamap : popcount(n->datamap); }
+    static unsigned child_count(const node* n) noexcept { return popcount(n->nodemap); }
+    static node** children(node* n) noexcept {
+        return reinterpret_cast<node**>(reinterpret_cast<char*>(n) + header_bytes);
+    }
+    static node* const* children(const node* n) noexcept {
+        return reinterpret_cast<node* const*>(reinterpret_cast<const char*>(n) + header_bytes);
+    }
+    static entry_type* entries(node* n) noexcept {
+        return reinterpret_cast<entry_type*>(reinterpret_cast<char*>(n) + entries_offset(child_count(n)));
+    }
+    static const entry_type* entries(const node* n) noexcept {
+        return reinterpret_cast<const entry_type*>(reinterpret_cast<const char*>(n) + entries_offset(child_count(n)));
+    }
+
+    // ---- hashing and matching -------------------------------------------------------------
+
+    static hash_t hash_key(const K& key) { return static_cast<hash_t>(Hash{}(key)); }
+
+    static hash_t entry_hash(const entry_type& e) {
+        if constexpr (Policy::cache_hash) {
+            return e.hash;
+        } else {
+            return hash_key(e.first);
+        }
+    }
+
+    static bool entry_matches(const entry_type& e, hash_t hash, const K& key) {
+        if constexpr (Policy::cache_hash) {
+            if (e.hash != hash) return false;
+        }
+        (void)hash;
+        return static_cast<bool>(KeyEqual{}(e.first, key));
+    }
+
+    // ---- node lifetime ------------------------------------------------------------------
+
+    static bool owned_by(const node* n, owner_t owner) noexcept { return owner != 0 && n->owner == owner; }
+
+    static void retain(node* n) noexcept { n->refs.retain(); }
+
+    static void release(node* n) noexcept {
+        if (n && n->refs.release()) destroy(n);
+    }
+
+    static void destroy_entry(entry_type& e) noexcept {
+        Policy::release(e.first);
+        Policy::release(e.second);
+        e.~entry_type();
+    }
+
+    static void destroy(node* n) noexcept {
+        const unsigned nc = child_count(n);
+        node** cs = children(n);
+        for (unsigned i = 0; i < nc; ++i) release(cs[i]);
+        const unsigned ne = entry_count(n);
+        entry_type* es = entries(n);
+        for (unsigned i = 0; i < ne; ++i) destroy_entry(es[i]);
+        free_shell(n);
+    }
+
+    // Frees a node whose entries and children have all been moved out or disposed of.
+    static void free_shell(node* n) noexcept {
+        const std::size_t bytes = node_bytes(entry_count(n), child_count(n));
+        n->~node();
+        Policy::deallocate(n, bytes);
+    }
+
+    // Fills one new node slot by slot. If anything throws before finish(), the destructor
+    // undoes exactly what was done: entries built so far are released, children placed so far
+    // are released, the memory is freed.
+    class builder {
+    public:
+        builder(std::uint32_t datamap, std::uint32_t nodemap, bool collision, owner_t owner) {
+            const unsigned ne = collision ? datamap : popcount(datamap);
+            void* mem = Policy::allocate(node_bytes(ne, popcount(nodemap)));
+            node_ = new (mem) node(datamap, nodemap, collision, owner);
+            children_ = champ::children(node_);
+            entries_ = champ::entries(node_);
+        }
+        builder(const builder&) = delete;
+        builder& operator=(const builder&) = delete;
+        ~builder() {
+            if (!node_) return;
+            for (unsigned i = 0; i < placed_children_; ++i) release(children_[i]);
+            for (unsigned i = 0; i < placed_entries_; ++i) destroy_entry(entries_[i]);
+            free_shell(node_);
+        }
+
+        void copy_entry(const entry_type& e) {
+            entry_type* slot = new (entries_ + placed_entries_) entry_type(e);
+            Policy::retain(slot->first);
+            Policy::retain(slot->second);
+            ++placed_entries_;
+        }
+        void new_entry(const K& key, const V& value, hash_t hash) {
+            entry_type* slot = new (entries_ + placed_entries_) entry_type(key, value, hash);
+            Policy::retain(slot->first);
+            Policy::retain(slot->second);
+            ++placed_entries_;
+        }
+        // Takes over a stored copy from a node that is being dismantled: no retain.
+        void relocate_entry(entry_type& e) noexcept {
+            new (entries_ + placed_entries_) entry_type(std::move(e));
+            e.~entry_type();
+            ++placed_entries_;
+        }
+        // Stores an entry constructed beforehand (so its copying cannot throw here).
+        void adopt_temporary(entry_type& tmp) noexcept {
+            entry_type* slot = new (entries_ + placed_entries_) entry_type(std::move(tmp));
+            Policy::retain(slot->first);
+            Policy::retain(slot->second);
+            ++placed_entries_;
+        }
+        void share_child(node* c) noexcept {
+            retain(c);
+            children_[placed_children_++] = c;
+        }
+        // Takes over a reference the caller holds.
+        void adopt_child(node* c) noexcept { children_[placed_children_++] = c; }
+
+        node* finish() noexcept {
+            assert(placed_children_ == child_count(node_) && placed_entries_ == entry_count(node_));
+            node* n = node_;
+            node_ = nullptr;
+            return n;
+        }
+
+    private:
+        node* node_ = nullptr;
+        node** children_ = nullptr;
+        entry_type* entries_ = nullptr;
+        unsigned placed_children_ = 0;
+        unsigned placed_entries_ = 0;
+    };
+
+    // Releases a reference on scope exit unless handed over.
+    struct node_guard {
+        node* n;
+        ~node_guard() { release(n); }
+        node* hand_over() noexcept {
+            node* r = n;
+            n = nullptr;
+            return r;
+        }
+    };
+
+    // ---- node construction --------------------------------------------------------------
+
+    static node* make_single(const K& key, const V& value, hash_t hash, owner_t owner) {
+        builder b(std::uint32_t(1) << fragment(hash, 0), 0, false, owner);
+        b.new_entry(key, value, hash);
+        return b.finish();
+    }
+
+    // The subtree at `shift` holding an existing entry and a new key whose hashes agree on
+    // every fragment above `shift`.
+    static node* make_two(unsigned shift, const entry_type& old_entry, hash_t old_hash, const K& key,
+                          const V& value, hash_t hash, owner_t owner) {
+        if (shift >= hash_bits) {
+            builder b(2, 0, true, owner);
+            b.copy_entry(old_entry);
+            b.new_entry(key, value, hash);
+            return b.finish();
+        }
+        const unsigned f_old = fragment(old_hash, shift);
+        const unsigned f_new = fragment(hash, shift);
+        if (f_old != f_new) {
+            builder b((std::uint32_t(1) << f_old) | (std::uint32_t(1) << f_new), 0, false, owner);
+            if (f_old < f_new) {
+                b.copy_entry(old_entry);
+                b.new_entry(key, value, hash);
+            } else {
+                b.new_entry(key, value, hash);
+                b.copy_entry(old_entry);
+            }
+            return b.finish();
+        }
+        node_guard sub{make_two(shift + bits_per_level, old_entry, old_hash, key, value, hash, owner)};
+        builder b(0, std::uint32_t(1) << f_old, false, owner);
+        b.adopt_child(sub.hand_over());
+        return b.finish();
+    }
+
+    enum class slot_kind { empty, entry, child };
+
+    // Builds the node that replaces `old` at the same level: every slot of `old` is carried
+    // over, except the slot at `bit`, which becomes `kind` (an entry built beforehand in `tmp`,
+    // or the child `new_child`, whose reference this function always takes). When `old` is owned
+    // by the transient, its contents move over and it is freed; otherwise it is left untouched.
+    static node* replace_slot(node* old, bool owned, owner_t owner, std::uint32_t bit, slot_kind kind,
+                              entry_type* tmp, node* new_child) {
+        node_guard child_guard{kind == slot_kind::child ? new_child : nullptr};
+        const std::uint32_t datamap = (old->datamap & ~bit) | (kind == slot_kind::entry ? bit : 0);
+        const std::uint32_t nodemap = (old->nodemap & ~bit) | (kind == slot_kind::child ? bit : 0);
+        builder b(datamap, nodemap, false, owner);
+
+        node** old_children = children(old);
+        unsigned oc = 0;
+        int dropped_child = -1;
+        for (std::uint32_t m = old->nodemap | nodemap; m; m &= m - 1) {
+            const std::uint32_t b_ = m & (0u - m);
+            if (b_ == bit) {
+                if (old->nodemap & bit) dropped_child = static_cast<int>(oc++);
+                if (kind == slot_kind::child) b.adopt_child(child_guard.hand_over());
+            } else if (owned) {
+                b.adopt_child(old_children[oc++]);
+            } else {
+                b.share_child(old_children[oc++]);
+            }
+        }
+        entry_type* old_entries = entries(old);
+        unsigned oe = 0;
+        int dropped_entry = -1;
+        for (std::uint32_t m = old->datamap | datamap; m; m &= m - 1) {
+            const std::uint32_t b_ = m & (0u - m);
+            if (b_ == bit) {
+                if (old->datamap & bit) dropped_entry = static_cast<int>(oe++);
+                if (kind == slot_kind::entry) b.adopt_temporary(*tmp);
+            } else if (owned) {
+                b.relocate_entry(old_entries[oe++]);
+            } else {
+                b.copy_entry(old_entries[oe++]);
+            }
+        }
+        node* result = b.finish();
+        if (owned) {
+            if (dropped_child >= 0) release(old_children[dropped_child]);
+            if (dropped_entry >= 0) destroy_entry(old_entries[dropped_entry]);
+            free_shell(old);
+        }
+        return result;
+    }
+
+    // A collision node without entry `skip` (if not npos) and with `tmp` appended (if given).
+    static constexpr unsigned npos = ~0u;
+    static node* rebuild_collision(node* old, bool owned, owner_t owner, unsigned skip, entry_type* tmp) {
+        const unsigned count = old->datamap;
+        const unsigned new_count = count - (skip != npos ? 1 : 0) + (tmp ? 1 : 0);
+        builder b(new_count, 0, true, owner);
+        entry_type* es = entries(old);
+        for (unsigned i = 0; i < count; ++i) {
+            if (i == skip) continue;
+            if (owned) {
+                b.relocate_entry(es[i]);
+            } else {
+                b.copy_entry(es[i]);
+            }
+        }
+        if (tmp) b.adopt_temporary(*tmp);
+        node* result = b.finish();
+        if (owned) {
+            if (skip != npos) destroy_entry(es[skip]);
+            free_shell(old);
+        }
+        return result;
+    }
+
+    // `n` with the value of entry `index` replaced (the key's slot does not move).
+    static node* with_value(node* n, bool owned, owner_t owner, unsigned index, const V& value) {
+        entry_type& e = entries(n)[index];
+        if (Policy::same_value(e.second, value)) return n;
+        if (owned) {
+            V fresh(value);
+            Policy::retain(fresh);
+            using std::swap;
+            swap(e.second, fresh);
+            Policy::release(fresh);
+            return n;
+        }
+        builder b(n->datamap, n->nodemap, n->collision, owner);
+        const unsigned nc = child_count(n);
+        for (unsigned i = 0; i < nc; ++i) b.share_child(children(n)[i]);
+        const unsigned ne = entry_count(n);
+        const entry_type* es = entries(n);
+        for (unsigned i = 0; i < ne; ++i) {
+            if (i == index) {
+                b.new_entry(es[i].first, value, entry_hash_or_zero(es[i]));
+            } else {
+                b.copy_entry(es[i]);
+            }
+        }
+        return b.finish();
+    }
+
+    static hash_t entry_hash_or_zero(const entry_type& e) noexcept {
+        if constexpr (Policy::cache_hash) {
+            return e.hash;
+        } else {
+            (void)e;
+            return 0;
+        }
+    }
+
+    static bool is_singleton(const node* n) noexcept { return n->nodemap == 0 && entry_count(n) == 1; }
+
+    // ---- lookup -------------------------------------------------------------------------
+
+    static const entry_type* find(const node* root, hash_t hash, const K& key) {
+        return root ? find_from(root, 0, hash, key) : nullptr;
+    }
+
+    // ---- insert or assign ---------------------------------------------------------------
+    //
+    // Returns the node that takes n's place: n itself when nothing changed or n was edited in
+    // place, otherwise a new reference. n is consumed (its memory reused or freed) only when it
+    // is owned by `owner` and a different node is returned.
+
+    static node* assoc(node* n, unsigned shift, hash_t hash, const K& key, const V& value, owner_t owner,
+                       bool& added) {
+        const bool owned = owned_by(n, owner);
+        if (n->collision) {
+            entry_type* es = entries(n);
+            for (unsigned i = 0, c = n->datamap; i < c; ++i) {
+                if (KeyEqual{}(es[i].first, key)) return with_value(n, owned, owner, i, value);
+            }
+            entry_type tmp(key, value, hash);
+            node* result = rebuild_collision(n, owned, owner, npos, &tmp);
+            added = true;
+            return result;
+        }
+        const std::uint32_t bit = std::uint32_t(1) << fragment(hash, shift);
+        if (n->nodemap & bit) {
+            const unsigned index = slot_index(n->nodemap, bit);
+            node* child = children(n)[index];
+            const bool child_owned = owned_by(child, owner);
+            node* new_child = assoc(child, shift + bits_per_level, hash, key, value, owner, added);
+            if (new_child == child) return n;
+            return install_child(n, owned, owner, bit, index, child, child_owned, new_child);
+        }
+        if (n->datamap & bit) {
+            const unsigned index = slot_index(n->datamap, bit);
+            const entry_type& e = entries(n)[index];
+            if (entry_matches(e, hash, key)) return with_value(n, owned, owner, index, value);
+            const hash_t old_hash = entry_hash(e);
+            node* sub = make_two(shift + bits_per_level, e, old_hash, key, value, hash, owner);
+            node* result = replace_slot(n, owned, owner, bit, slot_kind::child, nullptr, sub);
+            added = true;
+            return result;
+        }
+        entry_type tmp(key, value, hash);
+        node* result = replace_slot(n, owned, owner, bit, slot_kind::entry, &tmp, nullptr);
+        added = true;
+        return result;
+    }
+
+    // Puts `new_child` (a new reference) where `old_child` was.
+    static node* install_child(node* n, bool owned, owner_t owner, std::uint32_t bit, unsigned index, node* old_child,
+                               bool old_child_owned, node* new_child) {
+        if (owned) {
+            children(n)[index] = new_child;
+            if (!old_child_owned) release(old_child);
+            return n;
+        }
+        return replace_slot(n, false, owner, bit, slot_kind::child, nullptr, new_child);
+    }
+
+    // ---- erase --------------------------------------------------------------------------
+    //
+    // Same contract as assoc; returns nullptr when n lost its last key (only the root can, since
+    // any other node holds at least two keys). A non-root result may be a singleton, which the
+    // parent inlines.
+
+    static node* dissoc(node* n, unsigned shift, hash_t hash, const K& key, owner_t owner, bool& removed) {
+        const bool owned = owned_by(n, owner);
+        if (n->collision) {
+            const entry_type* es = entries(n);
+            for (unsigned i = 0, c = n->datamap; i < c; ++i) {
+                if (KeyEqual{}(es[i].first, key)) {
+                    node* result = rebuild_collision(n, owned, owner, i, nullptr);
+                    removed = true;
+                    return result;
+                }
+            }
+            return n;
+        }
+        const std::uint32_t bit = std::uint32_t(1) << fragment(hash, shift);
+        if (n->nodemap & bit) {
+            const unsigned index = slot_index(n->nodemap, bit);
+            node* child = children(n)[index];
+            const bool child_owned = owned_by(child, owner);
+            node* new_child = dissoc(child, shift + bits_per_level, hash, key, owner, removed);
+            if (new_child == child) return n;
+            assert(new_child != nullptr);
+            if (!is_singleton(new_child)) {
+                return install_child(n, owned, owner, bit, index, child, child_owned, new_child);
+            }
+            // The child kept one key: it moves up into this node, or further up when this node
+            // would hold nothing else (the root always keeps it).
+            const bool pass_up = shift > 0 && n->datamap == 0 && n->nodemap == bit;
+            if (owned) {
+                // The old child may already be consumed, so the slot must point to the new one
+                // before anything else can throw. Should copying the entry or allocating fail
+                // below, the transient is left holding a singleton child: every key is still
+                // right, only the canonical shape is lost (the basic guarantee).
+                children(n)[index] = new_child;
+                if (!child_owned) release(child);
+                if (pass_up) {
+                    free_shell(n);
+                    return new_child;
+                }
+                entry_type tmp(entries(new_child)[0]);
+                return replace_slot(n, true, owner, bit, slot_kind::entry, &tmp, nullptr);
+            }
+            node_guard singleton{new_child};
+            if (pass_up) return singleton.hand_over();
+            entry_type tmp(entries(new_child)[0]);
+            return replace_slot(n, false, owner, bit, slot_kind::entry, &tmp, nullptr);
+        }
+        if (n->datamap & bit) {
+            const unsigned index = slot_index(n->datamap, bit);
+            if (!entry_matches(entries(n)[index], hash, key)) return n;
+            removed = true;
+            if (n->nodemap == 0 && popcount(n->datamap) == 1) {
+                if (owned) {
+                    destroy_entry(entries(n)[0]);
+                    free_shell(n);
+                }
+                return nullptr;
+            }
+            return replace_slot(n, owned, owner, bit, slot_kind::empty, nullptr, nullptr);
+        }
+        return n;
+    }
+
+    // ---- merge --------------------------------------------------------------------------
+
+    static std::size_t count(const node* n) noexcept {
+        if (n->collision) return n->datamap;
+        std::size_t total = popcount(n->datamap);
+        const unsigned nc = child_count(n);
+        for (unsigned i = 0; i < nc; ++i) total += count(children(n)[i]);
+        return total;
+    }
+
+    // The union of two subtrees at the same level, values from `b` winning. Returns a new
+    // reference (possibly to `a` itself when b adds nothing new); `added` grows by the number of
+    // b's keys that were not in a. Subtrees present on one side only are shared, not copied.
+    static node* merge(node* a, node* b, unsigned shift, std::size_t& added) {
+        if (a == b) {
+            retain(a);
+            return a;
+        }
+        if (a->collision) {
+            node_guard acc{a};
+            retain(a);
+            const entry_type* es = entries(b);
+            for (unsigned i = 0, c = b->datamap; i < c; ++i) {
+                bool was_added = false;
+                node* next = assoc(acc.n, shift, entry_hash(es[i]), es[i].first, es[i].second, 0, was_added);
+                if (next != acc.n) {
+                    release(acc.n);
+                    acc.n = next;
+                }
+                if (was_added) ++added;
+            }
+            return acc.hand_over();
+        }
+
+        struct slot_result {
+            slot_kind kind = slot_kind::empty;
+            const entry_type* entry = nullptr;
+            node* child = nullptr;  // owned reference
+        };
+        slot_result slots[32];
+        struct cleanup {
+            slot_result* s;
+            ~cleanup() {
+                for (unsigned i = 0; i < 32; ++i) release(s[i].child);
+            }
+        } cleanup_slots{slots};
+
+        const entry_type* a_entries = entries(a);
+        const entry_type* b_entries = entries(b);
+        node* const* a_children = children(a);
+        node* const* b_children = children(b);
+        std::uint32_t datamap = 0, nodemap = 0;
+        bool changed = false;
+        const std::uint32_t all = a->datamap | a->nodemap | b->datamap | b->nodemap;
+        for (std::uint32_t m = all; m; m &= m - 1) {
+            const std::uint32_t bit = m & (0u - m);
+            const unsigned f = popcount(bit - 1);
+            slot_result& s = slots[f];
+            const entry_type* ea = (a->datamap & bit) ? a_entries + slot_index(a->datamap, bit) : nullptr;
+            const entry_type* eb = (b->datamap & bit) ? b_entries + slot_index(b->datamap, bit) : nullptr;
+            node* na = (a->nodemap & bit) ? a_children[slot_index(a->nodemap, bit)] : nullptr;
+            node* nb = (b->nodemap & bit) ? b_children[slot_index(b->nodemap, bit)] : nullptr;
+            const unsigned next = shift + bits_per_level;
+            if (ea && eb) {
+                const hash_t hb = entry_hash(*eb);
+                if (entry_matches(*ea, hb, eb->first)) {
+                    s.kind = slot_kind::entry;
+                    const bool same = Policy::same_value(ea->second, eb->second);
+                    s.entry = same ? ea : eb;
+                    changed |= !same;
+                } else {
+                    s.kind = slot_kind::child;
+                    s.child = make_two(next, *ea, entry_hash(*ea), eb->first, eb->second, hb, 0);
+                    ++added;
+                    changed = true;
+                }
+            } else if (ea && nb) {
+                const hash_t ha = entry_hash(*ea);
+                s.kind = slot_kind::child;
+                const std::size_t in_b = count(nb);
+                if (find_from(nb, next, ha, ea->first)) {
+                    retain(nb);
+                    s.child = nb;
+                    added += in_b - 1;
+                } else {
+                    bool unused = false;
+                    s.child = assoc(nb, next, ha, ea->first, ea->second, 0, unused);
+                    added += in_b;
+                }
+                changed = true;
+            } else if (na && eb) {
+                s.kind = slot_kind::child;
+                bool was_added = false;
+                s.child = assoc(na, next, entry_hash(*eb), eb->first, eb->second, 0, was_added);
+                if (s.child == na) retain(na);
+                if (was_added) ++added;
+                changed |= s.child != na;
+            } else if (na && nb) {
+                s.kind = slot_kind::child;
+                s.child = merge(na, nb, next, added);
+                changed |= s.child != na;
+            } else if (ea) {
+                s.kind = slot_kind::entry;
+                s.entry = ea;
+            } else if (eb) {
+                s.kind = slot_kind::entry;
+                s.entry = eb;
+                ++added;
+                changed = true;
+            } else if (na) {
+                s.kind = slot_kind::child;
+                retain(na);
+                s.child = na;
+            } else {
+                s.kind = slot_kind::child;
+                retain(nb);
+                s.child = nb;
+                added += count(nb);
+                changed = true;
+            }
+            (s.kind == slot_kind::entry ? datamap : nodemap) |= bit;
+        }
+        if (!changed) {
+            retain(a);
+            return a;
+        }
+        builder out(datamap, nodemap, false, 0);
+        for (std::uint32_t m = nodemap; m; m &= m - 1) {
+            slot_result& s = slots[popcount((m & (0u - m)) - 1)];
+            out.adopt_child(s.child);
+            s.child = nullptr;
+        }
+        for (std::uint32_t m = datamap; m; m &= m - 1) out.copy_entry(*slots[popcount((m & (0u - m)) - 1)].entry);
+        return out.finish();
+    }
+
+    // find() starting from a node at a given shift.
+    static const entry_type* find_from(const node* n, unsigned shift, hash_t hash, const K& key) {
+        while (true) {
+            if (n->collision) {
+                const entry_type* es = entries(n);
+                for (unsigned i = 0, c = n->datamap; i < c; ++i) {
+                    if (KeyEqual{}(es[i].first, key)) return es + i;
+                }
+                return nullptr;
+            }
+            const std::uint32_t bit = std::uint32_t(1) << fragment(hash, shift);
+            if (n->nodemap & bit) {
+                n = children(n)[slot_index(n->nodemap, bit)];
+                shift += bits_per_level;
+                continue;
+            }
+            if (n->datamap & bit) {
+                const entry_type& e = entries(n)[slot_index(n->datamap, bit)];
+                return entry_matches(e, hash, key) ? &e : nullptr;
+            }
+            return nullptr;
+        }
+    }
+
+    // ---- equality -----------------------------------------------------------------------
+
+    // Both subtrees sit at the same level; thanks to the canonical form, equal key sets have
+    // equal shapes, so the comparison walks both in lockstep.
+    static bool equal(const node* a, const node* b) {
+        if (a == b) return true;
+        if (a->collision != b->collision || a->datamap != b->datamap || a->nodemap != b->nodemap) return false;
+        const entry_type* ea = entries(a);
+        const entry_type* eb = entries(b);
+        if (a->collision) {
+            for (unsigned i = 0, c = a->datamap; i < c; ++i) {
+                const entry_type* match = nullptr;
+                for (unsigned j = 0; j < c && !match; ++j) {
+                    if (KeyEqual{}(eb[j].first, ea[i].first)) match = eb + j;
+                }
+                if (!match || !ValueEqual{}(ea[i].second, match->second)) return false;
+            }
+            return true;
+        }
+        for (unsigned i = 0, c = popcount(a->datamap); i < c; ++i) {
+            if constexpr (Policy::cache_hash) {
+                if (ea[i].hash != eb[i].hash) return false;
+            }
+            if (!KeyEqual{}(ea[i].first, eb[i].first)) return false;
+            if (!ValueEqual{}(ea[i].second, eb[i].second)) return false;
+        }
+        node* const* ca = children(a);
+        node* const* cb = children(b);
+        for (unsigned i = 0, c = child_count(a); i < c; ++i) {
+            if (!equal(ca[i], cb[i])) return false;
+        }
+        return true;
+    }
+};
+
+}  // namespace detail
+}  // namespace pypersistent
