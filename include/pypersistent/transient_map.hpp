@@ -119,6 +119,9 @@ public:
         return persistent_type(root_, size_);
     }
 
+    // For bindings: the current root, valid until the next change.
+    const node_type* root() const noexcept { return root_; }
+
     // Invalidated by any change to the transient.
     iterator begin() const noexcept { return iterator(root_); }
     iterator end() const noexcept { return iterator(); }

@@ -1,0 +1,627 @@
+// PersistentMap: the immutable map type. Its slots and methods are the hot paths; they read
+// `self` as a MapObject directly.
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "bindings.hpp"
+
+namespace pypersistent::python {
+namespace {
+
+MapObject* as_map(PyObject* o) { return reinterpret_cast<MapObject*>(o); }
+
+// Runs `body`, turning the C++ exceptions that may cross the trie back into Python errors.
+template <class F>
+PyObject* guarded(F&& body) {
+    try {
+        return body();
+    } catch (const python_error&) {
+        return nullptr;
+    } catch (const std::bad_alloc&) {
+        return PyErr_NoMemory();
+    }
+}
+
+bool is_mapping(PyObject* o) { return PyType_HasFeature(Py_TYPE(o), Py_TPFLAGS_MAPPING); }
+
+module_state* state_of_type(PyTypeObject* type) {
+    PyObject* capsule = PyDict_GetItemString(type->tp_dict, "_state");
+    if (!capsule) {
+        PyErr_SetString(PyExc_SystemError, "pypersistent: type has no module state");
+        return nullptr;
+    }
+    return static_cast<module_state*>(PyCapsule_GetPointer(capsule, "pypersistent._state"));
+}
+
+// Returns the same object when the update changed nothing.
+PyObject* map_or_self(PyObject* self, object_map&& result) {
+    MapObject* m = as_map(self);
+    if (result.identical(m->map)) return Py_NewRef(self);
+    return new_map(Py_TYPE(self), m->state, std::move(result));
+}
+
+// ---- construction ------------------------------------------------------------------------
+
+PyObject* build_map(PyTypeObject* type, PyObject* source, PyObject* kwargs) {
+    module_state* state = state_of_type(type);
+    if (!state) return nullptr;
+    if (source && is_map(source) && (!kwargs || PyDict_GET_SIZE(kwargs) == 0) && Py_TYPE(source) == type) {
+        return Py_NewRef(source);
+    }
+    deferred_releases defer;
+    return guarded([&]() -> PyObject* {
+        object_transient t;
+        if (!fill_transient(t, source, kwargs)) return nullptr;
+        return new_map(type, state, t.persistent());
+    });
+}
+
+PyObject* map_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+    PyObject* source = nullptr;
+    if (!PyArg_UnpackTuple(args, "PersistentMap", 0, 1, &source)) return nullptr;
+    return build_map(type, source, kwargs);
+}
+
+void map_dealloc(PyObject* self);
+
+// ---- protocols ---------------------------------------------------------------------------
+
+Py_ssize_t map_length(PyObject* self) { return static_cast<Py_ssize_t>(as_map(self)->map.size()); }
+
+PyObject* map_subscript(PyObject* self, PyObject* key) {
+    const Py_hash_t h = PyObject_Hash(key);
+    if (h == -1) return nullptr;
+    return guarded([&]() -> PyObject* {
+        PyObject* const* v = as_map(self)->map.find_hashed(key, to_trie_hash(h));
+        if (!v) {
+            set_key_error(key);
+            return nullptr;
+        }
+        return Py_NewRef(*v);
+    });
+}
+
+int map_contains(PyObject* self, PyObject* key) {
+    const Py_hash_t h = PyObject_Hash(key);
+    if (h == -1) return -1;
+    try {
+        return as_map(self)->map.find_hashed(key, to_trie_hash(h)) != nullptr;
+    } catch (const python_error&) {
+        return -1;
+    }
+}
+
+int map_traverse(PyObject* self, visitproc visit, void* arg) {
+    Py_VISIT(Py_TYPE(self));
+    return traverse_trie(as_map(self)->map.root(), visit, arg);
+}
+
+PyObject* map_iter(PyObject* self) { return make_iterator(as_map(self)->state, as_map(self), view_kind::keys); }
+
+// Equal maps must hash equal whatever their history, so entries are combined with a
+// commutative sum of well-mixed per-entry values (as frozenset does).
+Py_hash_t map_hash(PyObject* self) {
+    MapObject* m = as_map(self);
+    const Py_hash_t cached = m->hash.load(std::memory_order_relaxed);
+    if (cached != -1) return cached;
+    std::uint64_t acc = 0x345678u + m->map.size() * 0x9E3779B97F4A7C15ull;
+    for (const auto& e : m->map) {
+        const Py_hash_t hv = PyObject_Hash(e.second);
+        if (hv == -1) return -1;
+        std::uint64_t x = e.hash ^ (static_cast<std::uint64_t>(hv) * 0xBF58476D1CE4E5B9ull);
+        x ^= x >> 31;
+        x *= 0x94D049BB133111EBull;
+        x ^= x >> 29;
+        acc += x;
+    }
+    Py_hash_t result = static_cast<Py_hash_t>(acc);
+    if (result == -1) result = -2;
+    m->hash.store(result, std::memory_order_relaxed);
+    return result;
+}
+
+// 1 equal, 0 not equal, -1 error, -2 not comparable.
+int map_equals(MapObject* a, PyObject* other) {
+    if (is_map(other)) {
+        try {
+            return a->map == as_map(other)->map;
+        } catch (const python_error&) {
+            return -1;
+        }
+    }
+    if (!is_mapping(other)) return -2;
+    const Py_ssize_t other_len = PyObject_Size(other);
+    if (other_len < 0) return -1;
+    if (static_cast<std::size_t>(other_len) != a->map.size()) return 0;
+    const bool exact_dict = PyDict_CheckExact(other);
+    for (const auto& e : a->map) {
+        PyObject* theirs;
+        if (exact_dict) {
+            theirs = PyDict_GetItemWithError(other, e.first);
+            if (!theirs) return PyErr_Occurred() ? -1 : 0;
+            Py_INCREF(theirs);
+        } else {
+            theirs = PyObject_GetItem(other, e.first);
+            if (!theirs) {
+                if (PyErr_ExceptionMatches(PyExc_KeyError)) {
+                    PyErr_Clear();
+                    return 0;
+                }
+                return -1;
+            }
+        }
+        const int same = PyObject_RichCompareBool(e.second, theirs, Py_EQ);
+        Py_DECREF(theirs);
+        if (same <= 0) return same;
+    }
+    return 1;
+}
+
+PyObject* map_richcompare(PyObject* self, PyObject* other, int op) {
+    if (op != Py_EQ && op != Py_NE) Py_RETURN_NOTIMPLEMENTED;
+    const int eq = map_equals(as_map(self), other);
+    if (eq == -1) return nullptr;
+    if (eq == -2) Py_RETURN_NOTIMPLEMENTED;
+    return PyBool_FromLong((op == Py_EQ) == (eq == 1));
+}
+
+PyObject* map_repr(PyObject* self) {
+    const int entered = Py_ReprEnter(self);
+    if (entered != 0) return entered > 0 ? PyUnicode_FromString("PersistentMap({...})") : nullptr;
+    PyObject* parts = PyList_New(0);
+    PyObject* result = nullptr;
+    if (parts) {
+        bool ok = true;
+        for (const auto& e : as_map(self)->map) {
+            PyObject* piece = PyUnicode_FromFormat("%R: %R", e.first, e.second);
+            if (!piece || PyList_Append(parts, piece) < 0) ok = false;
+            Py_XDECREF(piece);
+            if (!ok) break;
+        }
+        if (ok) {
+            PyObject* sep = PyUnicode_FromString(", ");
+            PyObject* body = sep ? PyUnicode_Join(sep, parts) : nullptr;
+            if (body) result = PyUnicode_FromFormat("PersistentMap({%U})", body);
+            Py_XDECREF(body);
+            Py_XDECREF(sep);
+        }
+        Py_DECREF(parts);
+    }
+    Py_ReprLeave(self);
+    return result;
+}
+
+// self | other, other | self
+PyObject* map_or(PyObject* left, PyObject* right) {
+    if (is_map(left)) {
+        if (!is_mapping(right)) Py_RETURN_NOTIMPLEMENTED;
+        MapObject* m = as_map(left);
+        if (is_map(right)) return guarded([&] { return map_or_self(left, m->map.merge(as_map(right)->map)); });
+        deferred_releases defer;
+        return guarded([&]() -> PyObject* {
+            object_transient t = m->map.transient();
+            if (!fill_transient(t, right, nullptr)) return nullptr;
+            return map_or_self(left, t.persistent());
+        });
+    }
+    if (!is_mapping(left)) Py_RETURN_NOTIMPLEMENTED;
+    MapObject* m = as_map(right);
+    deferred_releases defer;
+    return guarded([&]() -> PyObject* {
+        object_transient t;
+        if (!fill_transient(t, left, nullptr)) return nullptr;
+        t.merge(m->map);
+        return new_map(Py_TYPE(right), m->state, t.persistent());
+    });
+}
+
+// ---- methods -------------------------------------------------------------------------------
+
+PyObject* map_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "assoc() takes exactly 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    const Py_hash_t h = PyObject_Hash(args[0]);
+    if (h == -1) return nullptr;
+    return guarded([&] { return map_or_self(self, as_map(self)->map.set_hashed(args[0], args[1], to_trie_hash(h))); });
+}
+
+PyObject* map_dissoc(PyObject* self, PyObject* key) {
+    const Py_hash_t h = PyObject_Hash(key);
+    if (h == -1) return nullptr;
+    return guarded([&] { return map_or_self(self, as_map(self)->map.erase_hashed(key, to_trie_hash(h))); });
+}
+
+PyObject* map_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    const Py_hash_t h = PyObject_Hash(args[0]);
+    if (h == -1) return nullptr;
+    return guarded([&]() -> PyObject* {
+        PyObject* const* v = as_map(self)->map.find_hashed(args[0], to_trie_hash(h));
+        if (v) return Py_NewRef(*v);
+        return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    });
+}
+
+PyObject* map_contains_method(PyObject* self, PyObject* key) {
+    const int r = map_contains(self, key);
+    if (r < 0) return nullptr;
+    return PyBool_FromLong(r);
+}
+
+PyObject* map_update(PyObject* self, PyObject* args, PyObject* kwargs) {
+    PyObject* source = nullptr;
+    if (!PyArg_UnpackTuple(args, "update", 0, 1, &source)) return nullptr;
+    MapObject* m = as_map(self);
+    const bool no_kwargs = !kwargs || PyDict_GET_SIZE(kwargs) == 0;
+    if (no_kwargs && source && is_map(source)) {
+        return guarded([&] { return map_or_self(self, m->map.merge(as_map(source)->map)); });
+    }
+    deferred_releases defer;
+    return guarded([&]() -> PyObject* {
+        object_transient t = m->map.transient();
+        if (!fill_transient(t, source, kwargs)) return nullptr;
+        return map_or_self(self, t.persistent());
+    });
+}
+
+PyObject* map_clear(PyObject* self, PyObject*) {
+    if (as_map(self)->map.empty()) return Py_NewRef(self);
+    return new_map(Py_TYPE(self), as_map(self)->state, object_map());
+}
+
+PyObject* map_copy(PyObject* self, PyObject*) { return Py_NewRef(self); }
+
+PyObject* map_deepcopy(PyObject* self, PyObject* memo) {
+    PyObject* items = PyList_New(0);
+    if (!items) return nullptr;
+    for (const auto& e : as_map(self)->map) {
+        PyObject* pair = PyTuple_Pack(2, e.first, e.second);
+        if (!pair || PyList_Append(items, pair) < 0) {
+            Py_XDECREF(pair);
+            Py_DECREF(items);
+            return nullptr;
+        }
+        Py_DECREF(pair);
+    }
+    PyObject* copy_module = PyImport_ImportModule("copy");
+    PyObject* copied = copy_module ? PyObject_CallMethod(copy_module, "deepcopy", "OO", items, memo) : nullptr;
+    Py_XDECREF(copy_module);
+    Py_DECREF(items);
+    if (!copied) return nullptr;
+    PyObject* result = build_map(Py_TYPE(self), copied, nullptr);
+    Py_DECREF(copied);
+    return result;
+}
+
+PyObject* map_reduce(PyObject* self, PyObject*) {
+    PyObject* items = PyList_New(static_cast<Py_ssize_t>(as_map(self)->map.size()));
+    if (!items) return nullptr;
+    Py_ssize_t i = 0;
+    for (const auto& e : as_map(self)->map) {
+        PyObject* pair = PyTuple_Pack(2, e.first, e.second);
+        if (!pair) {
+            Py_DECREF(items);
+            return nullptr;
+        }
+        PyList_SET_ITEM(items, i++, pair);
+    }
+    return Py_BuildValue("O(N)", reinterpret_cast<PyObject*>(Py_TYPE(self)), items);
+}
+
+PyObject* map_keys(PyObject* self, PyObject*) { return make_view(as_map(self)->state->keys_type, as_map(self)); }
+PyObject* map_values(PyObject* self, PyObject*) { return make_view(as_map(self)->state->values_type, as_map(self)); }
+PyObject* map_items(PyObject* self, PyObject*) { return make_view(as_map(self)->state->items_type, as_map(self)); }
+
+PyObject* map_transient(PyObject* self, PyObject*) {
+    MapObject* m = as_map(self);
+    PyTypeObject* type = m->state->transient_type;
+    return guarded([&]() -> PyObject* {
+        auto* t = new object_transient(m->map.transient());
+        auto* obj = reinterpret_cast<TransientObject*>(type->tp_alloc(type, 0));
+        if (!obj) {
+            delete t;
+            return nullptr;
+        }
+        obj->transient = t;
+        obj->busy = false;
+        obj->weakreflist = nullptr;
+        obj->state = m->state;
+        return reinterpret_cast<PyObject*>(obj);
+    });
+}
+
+PyObject* map_create(PyObject* cls, PyObject* args, PyObject* kwargs) {
+    if (PyTuple_GET_SIZE(args) != 0) {
+        PyErr_SetString(PyExc_TypeError, "create() takes keyword arguments only");
+        return nullptr;
+    }
+    return build_map(reinterpret_cast<PyTypeObject*>(cls), nullptr, kwargs);
+}
+
+PyObject* map_from_dict(PyObject* cls, PyObject* source) {
+    return build_map(reinterpret_cast<PyTypeObject*>(cls), source, nullptr);
+}
+
+PyObject* map_fromkeys(PyObject* cls, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "fromkeys() takes 1 or 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    PyTypeObject* type = reinterpret_cast<PyTypeObject*>(cls);
+    module_state* state = state_of_type(type);
+    if (!state) return nullptr;
+    PyObject* value = nargs == 2 ? args[1] : Py_None;
+    PyObject* it = PyObject_GetIter(args[0]);
+    if (!it) return nullptr;
+    deferred_releases defer;
+    PyObject* result = guarded([&]() -> PyObject* {
+        object_transient t;
+        while (PyObject* key = PyIter_Next(it)) {
+            const Py_hash_t h = PyObject_Hash(key);
+            if (h == -1) {
+                Py_DECREF(key);
+                return nullptr;
+            }
+            try {
+                t.set_hashed(key, value, to_trie_hash(h));
+            } catch (...) {
+                Py_DECREF(key);
+                throw;
+            }
+            Py_DECREF(key);
+        }
+        if (PyErr_Occurred()) return nullptr;
+        return new_map(type, state, t.persistent());
+    });
+    Py_DECREF(it);
+    return result;
+}
+
+PyObject* map_sizeof(PyObject* self, PyObject*) {
+    return PyLong_FromSsize_t(static_cast<Py_ssize_t>(Py_TYPE(self)->tp_basicsize));
+}
+
+PyMethodDef map_methods[] = {
+    {"assoc", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_assoc)), METH_FASTCALL,
+     "assoc(key, value) -> PersistentMap\n\nA new map with key set to value."},
+    {"set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_assoc)), METH_FASTCALL,
+     "set(key, value) -> PersistentMap\n\nSame as assoc()."},
+    {"dissoc", map_dissoc, METH_O, "dissoc(key) -> PersistentMap\n\nA new map without key (this map if key is absent)."},
+    {"delete", map_dissoc, METH_O, "delete(key) -> PersistentMap\n\nSame as dissoc()."},
+    {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_get)), METH_FASTCALL,
+     "get(key, default=None)"},
+    {"contains", map_contains_method, METH_O, "contains(key) -> bool"},
+    {"update", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_update)), METH_VARARGS | METH_KEYWORDS,
+     "update(other=(), /, **kw) -> PersistentMap\n\nA new map with the items of other (what dict.update accepts) added."},
+    {"merge", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_update)), METH_VARARGS | METH_KEYWORDS,
+     "merge(other=(), /, **kw) -> PersistentMap\n\nSame as update()."},
+    {"clear", map_clear, METH_NOARGS, "clear() -> PersistentMap\n\nAn empty map."},
+    {"copy", map_copy, METH_NOARGS, "copy() -> PersistentMap\n\nThis map itself: it is immutable."},
+    {"__copy__", map_copy, METH_NOARGS, nullptr},
+    {"__deepcopy__", map_deepcopy, METH_O, nullptr},
+    {"__reduce__", map_reduce, METH_NOARGS, nullptr},
+    {"__sizeof__", map_sizeof, METH_NOARGS, nullptr},
+    {"keys", map_keys, METH_NOARGS, "A view of the keys."},
+    {"values", map_values, METH_NOARGS, "A view of the values."},
+    {"items", map_items, METH_NOARGS, "A view of the (key, value) pairs."},
+    {"transient", map_transient, METH_NOARGS,
+     "transient() -> TransientMap\n\nA mutable builder starting from this map; persistent() freezes it in O(1)."},
+    {"create", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_create)),
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS, "create(**kw) -> PersistentMap"},
+    {"from_dict", map_from_dict, METH_O | METH_CLASS, "from_dict(mapping) -> PersistentMap"},
+    {"fromkeys", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_fromkeys)), METH_FASTCALL | METH_CLASS,
+     "fromkeys(iterable, value=None) -> PersistentMap"},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyMemberDef map_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(MapObject, weakreflist), READONLY, nullptr},
+    {nullptr, 0, 0, 0, nullptr},
+};
+
+const char map_doc[] =
+    "PersistentMap(mapping_or_pairs=(), /, **kw)\n\n"
+    "An immutable hash map (a hash array mapped trie). Every update returns a new map that\n"
+    "shares all untouched structure with the old one; maps may be shared between threads freely.\n"
+    "Iteration follows the trie's order, which depends only on the keys' hashes: equal maps\n"
+    "iterate in the same order however they were built (keys whose whole hashes are equal keep\n"
+    "the order in which they were added).";
+
+PyType_Slot map_slots[] = {
+    {Py_tp_doc, const_cast<char*>(map_doc)},
+    {Py_tp_new, reinterpret_cast<void*>(map_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(map_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(map_traverse)},
+    {Py_tp_hash, reinterpret_cast<void*>(map_hash)},
+    {Py_tp_richcompare, reinterpret_cast<void*>(map_richcompare)},
+    {Py_tp_iter, reinterpret_cast<void*>(map_iter)},
+    {Py_tp_repr, reinterpret_cast<void*>(map_repr)},
+    {Py_tp_methods, map_methods},
+    {Py_tp_members, map_members},
+    {Py_mp_length, reinterpret_cast<void*>(map_length)},
+    {Py_mp_subscript, reinterpret_cast<void*>(map_subscript)},
+    {Py_sq_contains, reinterpret_cast<void*>(map_contains)},
+    {Py_nb_or, reinterpret_cast<void*>(map_or)},
+    {0, nullptr},
+};
+
+void map_dealloc(PyObject* self) {
+    MapObject* m = as_map(self);
+    PyTypeObject* type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (m->weakreflist) PyObject_ClearWeakRefs(self);
+    m->map.~object_map();
+    m->hash.~atomic();
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+// ---- filling a transient from Python input ---------------------------------------------------
+
+bool add_pair(object_transient& t, PyObject* key, PyObject* value) {
+    const Py_hash_t h = PyObject_Hash(key);
+    if (h == -1) return false;
+    t.set_hashed(key, value, to_trie_hash(h));
+    return true;
+}
+
+bool fill_from_dict(object_transient& t, PyObject* dict) {
+    bool ok = true;
+    Py_BEGIN_CRITICAL_SECTION(dict);
+    const Py_ssize_t size = PyDict_GET_SIZE(dict);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (ok && PyDict_Next(dict, &pos, &key, &value)) {
+        Py_INCREF(key);
+        Py_INCREF(value);
+        try {
+            ok = add_pair(t, key, value);
+        } catch (const python_error&) {
+            ok = false;
+        }
+        Py_DECREF(key);
+        Py_DECREF(value);
+        if (ok && PyDict_GET_SIZE(dict) != size) {
+            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+            ok = false;
+        }
+    }
+    Py_END_CRITICAL_SECTION();
+    return ok;
+}
+
+bool fill_from_keys(object_transient& t, PyObject* source) {
+    PyObject* keys = PyObject_CallMethod(source, "keys", nullptr);
+    if (!keys) return false;
+    PyObject* it = PyObject_GetIter(keys);
+    Py_DECREF(keys);
+    if (!it) return false;
+    bool ok = true;
+    while (ok) {
+        PyObject* key = PyIter_Next(it);
+        if (!key) break;
+        PyObject* value = PyObject_GetItem(source, key);
+        try {
+            ok = value && add_pair(t, key, value);
+        } catch (const python_error&) {
+            ok = false;
+        }
+        Py_XDECREF(value);
+        Py_DECREF(key);
+    }
+    Py_DECREF(it);
+    return ok && !PyErr_Occurred();
+}
+
+bool fill_from_pairs(object_transient& t, PyObject* source) {
+    PyObject* it = PyObject_GetIter(source);
+    if (!it) return false;
+    bool ok = true;
+    for (Py_ssize_t index = 0; ok; ++index) {
+        PyObject* item = PyIter_Next(it);
+        if (!item) break;
+        PyObject* fast = PySequence_Fast(item, "");
+        if (!fast) {
+            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+                PyErr_Format(PyExc_TypeError, "cannot convert update sequence element #%zd to a sequence", index);
+            }
+            ok = false;
+        } else if (PySequence_Fast_GET_SIZE(fast) != 2) {
+            PyErr_Format(PyExc_ValueError, "update sequence element #%zd has length %zd; 2 is required", index,
+                         PySequence_Fast_GET_SIZE(fast));
+            ok = false;
+        } else {
+            PyObject* key = Py_NewRef(PySequence_Fast_GET_ITEM(fast, 0));
+            PyObject* value = Py_NewRef(PySequence_Fast_GET_ITEM(fast, 1));
+            try {
+                ok = add_pair(t, key, value);
+            } catch (const python_error&) {
+                ok = false;
+            }
+            Py_DECREF(key);
+            Py_DECREF(value);
+        }
+        Py_XDECREF(fast);
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    return ok && !PyErr_Occurred();
+}
+
+}  // namespace
+
+bool is_map(PyObject* o) noexcept { return Py_TYPE(o)->tp_dealloc == map_dealloc; }
+
+PyObject* new_map(PyTypeObject* type, module_state* state, object_map&& map) {
+    auto* m = reinterpret_cast<MapObject*>(type->tp_alloc(type, 0));
+    if (!m) return nullptr;
+    new (&m->map) object_map(std::move(map));
+    new (&m->hash) std::atomic<Py_hash_t>(-1);
+    m->weakreflist = nullptr;
+    m->state = state;
+    return reinterpret_cast<PyObject*>(m);
+}
+
+void set_key_error(PyObject* key) {
+    // KeyError(key) even when key is a tuple, which PyErr_SetObject would unpack into args.
+    PyObject* exc = PyObject_CallOneArg(PyExc_KeyError, key);
+    if (exc) {
+        PyErr_SetObject(PyExc_KeyError, exc);
+        Py_DECREF(exc);
+    }
+}
+
+bool fill_transient(object_transient& t, PyObject* source, PyObject* kwargs) {
+    if (source) {
+        bool ok;
+        if (is_map(source)) {
+            t.merge(as_map(source)->map);
+            ok = true;
+        } else if (PyDict_Check(source)) {
+            ok = fill_from_dict(t, source);
+        } else {
+            const int has_keys = PyObject_HasAttrString(source, "keys");
+            ok = has_keys ? fill_from_keys(t, source) : fill_from_pairs(t, source);
+        }
+        if (!ok) return false;
+    }
+    if (kwargs && PyDict_GET_SIZE(kwargs) > 0) return fill_from_dict(t, kwargs);
+    return true;
+}
+
+// Visits only the Python references held by nodes that this object reaches through a chain of
+// unshared nodes (reference count 1 all the way from its root). Those references belong to this
+// object alone, so the collector never counts one reference twice; references in shared nodes
+// are visited by nobody, which only means a cycle through a shared subtree is collected once
+// the sharing ends.
+int traverse_trie(const object_trie::node* n, visitproc visit, void* arg) {
+    if (!n || n->refs.load() != 1) return 0;
+    const auto* entries = object_trie::entries(n);
+    for (unsigned i = 0, c = object_trie::entry_count(n); i < c; ++i) {
+        Py_VISIT(entries[i].first);
+        Py_VISIT(entries[i].second);
+    }
+    const auto* children = object_trie::children(n);
+    for (unsigned i = 0, c = object_trie::child_count(n); i < c; ++i) {
+        const int r = traverse_trie(children[i], visit, arg);
+        if (r) return r;
+    }
+    return 0;
+}
+
+PyType_Spec map_spec = {
+    "pypersistent.PersistentMap",
+    static_cast<int>(sizeof(MapObject)),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_MAPPING | Py_TPFLAGS_IMMUTABLETYPE,
+    map_slots,
+};
+
+}  // namespace pypersistent::python

@@ -1,0 +1,274 @@
+// TransientMap: the mutable builder. Every method runs under the object's critical section and
+// the `busy` flag (see TransientObject in bindings.hpp for why both).
+#include <new>
+#include <utility>
+
+#include "bindings.hpp"
+
+namespace pypersistent::python {
+namespace {
+
+TransientObject* as_transient(PyObject* o) { return reinterpret_cast<TransientObject*>(o); }
+
+// Runs body(transient) with the transient locked; returns `failed` with a Python error set if
+// the transient is finished or in use, or if body throws.
+template <class R, class F>
+R locked(PyObject* self, R failed, F&& body) {
+    TransientObject* t = as_transient(self);
+    R result = failed;
+    deferred_releases defer;  // released after the critical section ends
+    Py_BEGIN_CRITICAL_SECTION(self);
+    if (!t->transient) {
+        PyErr_SetString(PyExc_RuntimeError, "this TransientMap is finished: persistent() was already called");
+    } else if (t->busy) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "TransientMap used from two places at once (another thread, or its own keys' "
+                        "__hash__/__eq__)");
+    } else {
+        t->busy = true;
+        try {
+            result = body(*t->transient);
+        } catch (const python_error&) {
+            result = failed;
+        } catch (const std::bad_alloc&) {
+            PyErr_NoMemory();
+            result = failed;
+        }
+        t->busy = false;
+    }
+    Py_END_CRITICAL_SECTION();
+    return result;
+}
+
+bool set_item(object_transient& t, PyObject* key, PyObject* value) {
+    const Py_hash_t h = PyObject_Hash(key);
+    if (h == -1) return false;
+    t.set_hashed(key, value, to_trie_hash(h));
+    return true;
+}
+
+// 1 removed, 0 absent, -1 error
+int erase_item(object_transient& t, PyObject* key) {
+    const Py_hash_t h = PyObject_Hash(key);
+    if (h == -1) return -1;
+    return t.erase_hashed(key, to_trie_hash(h)) ? 1 : 0;
+}
+
+PyObject* lookup(object_transient& t, PyObject* key, PyObject* fallback) {
+    const Py_hash_t h = PyObject_Hash(key);
+    if (h == -1) return nullptr;
+    PyObject* const* v = t.find_hashed(key, to_trie_hash(h));
+    if (v) return Py_NewRef(*v);
+    if (fallback) return Py_NewRef(fallback);
+    set_key_error(key);
+    return nullptr;
+}
+
+Py_ssize_t transient_length(PyObject* self) {
+    return locked<Py_ssize_t>(self, -1, [](object_transient& t) { return static_cast<Py_ssize_t>(t.size()); });
+}
+
+PyObject* transient_subscript(PyObject* self, PyObject* key) {
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) { return lookup(t, key, nullptr); });
+}
+
+int transient_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
+    return locked<int>(self, -1, [&](object_transient& t) -> int {
+        if (value) return set_item(t, key, value) ? 0 : -1;
+        const int removed = erase_item(t, key);
+        if (removed == 0) set_key_error(key);
+        return removed == 1 ? 0 : -1;
+    });
+}
+
+int transient_contains(PyObject* self, PyObject* key) {
+    return locked<int>(self, -1, [&](object_transient& t) -> int {
+        const Py_hash_t h = PyObject_Hash(key);
+        if (h == -1) return -1;
+        return t.find_hashed(key, to_trie_hash(h)) != nullptr;
+    });
+}
+
+// A persistent snapshot of the current contents (O(1)); later edits copy what they touch.
+PyObject* snapshot(PyObject* self) {
+    module_state* state = as_transient(self)->state;
+    return locked<PyObject*>(self, nullptr,
+                             [&](object_transient& t) { return new_map(state->map_type, state, t.persistent()); });
+}
+
+PyObject* transient_iter(PyObject* self) {
+    PyObject* snap = snapshot(self);
+    if (!snap) return nullptr;
+    PyObject* it = make_iterator(as_transient(self)->state, reinterpret_cast<MapObject*>(snap), view_kind::keys);
+    Py_DECREF(snap);
+    return it;
+}
+
+PyObject* transient_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "assoc() takes exactly 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
+        return set_item(t, args[0], args[1]) ? Py_NewRef(self) : nullptr;
+    });
+}
+
+PyObject* transient_dissoc(PyObject* self, PyObject* key) {
+    return locked<PyObject*>(self, nullptr,
+                             [&](object_transient& t) { return erase_item(t, key) >= 0 ? Py_NewRef(self) : nullptr; });
+}
+
+PyObject* transient_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    PyObject* fallback = nargs == 2 ? args[1] : Py_None;
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) { return lookup(t, args[0], fallback); });
+}
+
+PyObject* transient_contains_method(PyObject* self, PyObject* key) {
+    const int r = transient_contains(self, key);
+    return r < 0 ? nullptr : PyBool_FromLong(r);
+}
+
+PyObject* transient_update(PyObject* self, PyObject* args, PyObject* kwargs) {
+    PyObject* source = nullptr;
+    if (!PyArg_UnpackTuple(args, "update", 0, 1, &source)) return nullptr;
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) {
+        return fill_transient(t, source, kwargs) ? Py_NewRef(self) : nullptr;
+    });
+}
+
+// Freezes the contents into a PersistentMap and finishes the transient: any later use raises.
+PyObject* transient_persistent(PyObject* self, PyObject*) {
+    TransientObject* obj = as_transient(self);
+    module_state* state = obj->state;
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
+        PyObject* result = new_map(state->map_type, state, t.persistent());
+        if (result) {
+            delete obj->transient;
+            obj->transient = nullptr;
+        }
+        return result;
+    });
+}
+
+PyObject* transient_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
+
+// Leaving the with-block finishes the transient (if persistent() has not already).
+PyObject* transient_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
+    TransientObject* obj = as_transient(self);
+    object_transient* dropped = nullptr;
+    bool refused = false;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    if (obj->busy) {
+        refused = true;
+    } else {
+        dropped = obj->transient;
+        obj->transient = nullptr;
+    }
+    Py_END_CRITICAL_SECTION();
+    if (refused) {
+        PyErr_SetString(PyExc_RuntimeError, "TransientMap is in use by another thread");
+        return nullptr;
+    }
+    delete dropped;  // outside the critical section: dropping values may run arbitrary code
+    Py_RETURN_FALSE;
+}
+
+PyObject* transient_repr(PyObject* self) {
+    const Py_ssize_t n = transient_length(self);
+    if (n < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) return nullptr;
+        PyErr_Clear();
+        return PyUnicode_FromString("TransientMap(<finished>)");
+    }
+    return PyUnicode_FromFormat("TransientMap(<%zd items>)", n);
+}
+
+int transient_traverse(PyObject* self, visitproc visit, void* arg) {
+    Py_VISIT(Py_TYPE(self));
+    TransientObject* obj = as_transient(self);
+    if (!obj->transient) return 0;
+    // The collector runs this with the world stopped (free-threaded) or the GIL held, and never
+    // in the middle of a transient's C++ edit, which calls no Python while nodes are half-built.
+    return traverse_trie(obj->transient->root(), visit, arg);
+}
+
+int transient_clear(PyObject* self) {
+    TransientObject* obj = as_transient(self);
+    object_transient* dropped = obj->transient;
+    obj->transient = nullptr;
+    delete dropped;
+    return 0;
+}
+
+void transient_dealloc(PyObject* self) {
+    TransientObject* obj = as_transient(self);
+    PyTypeObject* type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (obj->weakreflist) PyObject_ClearWeakRefs(self);
+    delete obj->transient;
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+PyObject* transient_new(PyTypeObject*, PyObject*, PyObject*) {
+    PyErr_SetString(PyExc_TypeError, "TransientMap cannot be created directly: use PersistentMap.transient()");
+    return nullptr;
+}
+
+PyMethodDef transient_methods[] = {
+    {"assoc", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_assoc)), METH_FASTCALL,
+     "assoc(key, value) -> self: sets key in place."},
+    {"set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_assoc)), METH_FASTCALL,
+     "set(key, value) -> self: same as assoc()."},
+    {"dissoc", transient_dissoc, METH_O, "dissoc(key) -> self: removes key in place if present."},
+    {"delete", transient_dissoc, METH_O, "delete(key) -> self: same as dissoc()."},
+    {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_get)), METH_FASTCALL,
+     "get(key, default=None)"},
+    {"contains", transient_contains_method, METH_O, "contains(key) -> bool"},
+    {"update", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_update)),
+     METH_VARARGS | METH_KEYWORDS, "update(other=(), /, **kw) -> self: adds items in place."},
+    {"persistent", transient_persistent, METH_NOARGS,
+     "persistent() -> PersistentMap\n\nFreezes the contents in O(1); the transient cannot be used afterwards."},
+    {"__enter__", transient_enter, METH_NOARGS, nullptr},
+    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_exit)), METH_FASTCALL, nullptr},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyMemberDef transient_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(TransientObject, weakreflist), READONLY, nullptr},
+    {nullptr, 0, 0, 0, nullptr},
+};
+
+PyType_Slot transient_slots[] = {
+    {Py_tp_doc, const_cast<char*>("A mutable builder made by PersistentMap.transient().")},
+    {Py_tp_new, reinterpret_cast<void*>(transient_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(transient_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(transient_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(transient_clear)},
+    {Py_tp_iter, reinterpret_cast<void*>(transient_iter)},
+    {Py_tp_repr, reinterpret_cast<void*>(transient_repr)},
+    {Py_tp_methods, transient_methods},
+    {Py_tp_members, transient_members},
+    {Py_mp_length, reinterpret_cast<void*>(transient_length)},
+    {Py_mp_subscript, reinterpret_cast<void*>(transient_subscript)},
+    {Py_mp_ass_subscript, reinterpret_cast<void*>(transient_ass_subscript)},
+    {Py_sq_contains, reinterpret_cast<void*>(transient_contains)},
+    {0, nullptr},
+};
+
+}  // namespace
+
+PyType_Spec transient_spec = {
+    "pypersistent.TransientMap",
+    static_cast<int>(sizeof(TransientObject)),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    transient_slots,
+};
+
+}  // namespace pypersistent::python
