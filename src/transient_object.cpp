@@ -236,6 +236,7 @@ PyMethodDef transient_methods[] = {
      "persistent() -> PersistentMap\n\nFreezes the contents in O(1); the transient cannot be used afterwards."},
     {"__enter__", transient_enter, METH_NOARGS, nullptr},
     {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_exit)), METH_FASTCALL, nullptr},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };
 
