@@ -86,7 +86,19 @@ private:
 // Keys and values are strong references: one per stored copy. Hashes are cached in entries, as
 // a user-defined __hash__ may be slow, and comparing cached hashes first avoids most __eq__
 // calls on lookup.
+//
+// Node reference counts are atomic on free-threaded builds. With a GIL they need not be: nodes
+// holding Python objects are only ever touched by a thread that holds its interpreter's GIL
+// (nodes never cross interpreters, since the objects in them cannot), exactly like the
+// objects' own reference counts. A path copy retains every child of each copied node, and
+// locked increments made persistent inserts of 20K int keys ~1.9x slower there
+// (750 vs 390 ns each on 3.11).
 struct object_policy : pypersistent::default_policy {
+#ifdef Py_GIL_DISABLED
+    using refcount = pypersistent::atomic_refcount;
+#else
+    using refcount = pypersistent::single_thread_refcount;
+#endif
     static constexpr bool cache_hash = true;
     static void retain(PyObject* const& o) noexcept { Py_INCREF(o); }
     static void release(PyObject* const& o) noexcept {
