@@ -83,9 +83,12 @@ private:
     }
 };
 
-// Keys and values are strong references: one per stored copy. Hashes are cached in entries, as
-// a user-defined __hash__ may be slow, and comparing cached hashes first avoids most __eq__
-// calls on lookup.
+// Keys and values are strong references: one per stored copy. Full hashes are cached in the
+// entries (16 -> 24 bytes each) so that, as with dict, __eq__ is only ever called between keys
+// whose hashes are equal: a key type whose __eq__ refuses foreign types must work, and keys that
+// merely share a slot of the trie must not pay for a Python-level comparison. It also saves
+// calling __hash__ again when an entry moves one level down. Measured without the cache: lookups
+// in a 100K-int map ~3% faster, persistent inserts ~7% faster; not worth dict's semantics.
 //
 // Node reference counts are atomic on free-threaded builds. With a GIL they need not be: nodes
 // holding Python objects are only ever touched by a thread that holds its interpreter's GIL

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The project's whole test run, as CI does it: C++ unit tests and stress (plain, TSan,
+# ASan/UBSan), the pytest suite on the default Python and on free-threaded 3.13t (also with
+# every test on several threads at once), the Python stress suite under a TSan interpreter, an
+# embedding check, and a smoke test on the other GIL Pythons pyenv provides.
+#
+#   bash scripts/test.sh            # everything, short stress modes (CI)
+#   bash scripts/test.sh --long     # the same with the long stress modes
+#   bash scripts/test.sh --quick    # C++ tests and pytest on the default Python only
+#
+# Everything it needs is installed by the scripts it calls (apt packages from Debian, CPython
+# builds cached under ~/.cache/pypersistent, pip packages from PyPI), so it runs on a fresh
+# machine; a second run reuses the caches.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+mode=short
+quick=0
+for arg in "$@"; do
+    case $arg in
+        --long) mode=long ;;
+        --short) mode=short ;;
+        --quick) quick=1 ;;
+        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+jobs=$(nproc)
+started=$(date +%s)
+step() {
+    printf '\n===== [%4ds] %s =====\n' $(( $(date +%s) - started )) "$*"
+}
+
+step "system packages (apt)"
+bash scripts/install-system-deps.sh
+
+step "C++: build, unit tests, short stress (ctest)"
+cmake -S . -B build/cpp -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DPYPERSISTENT_BUILD_TESTS=ON -DPYPERSISTENT_BUILD_STRESS=ON >/dev/null
+cmake --build build/cpp -j "$jobs"
+ctest --test-dir build/cpp --output-on-failure -j "$jobs"
+
+step "Python $(python3 -c 'import sys; print(sys.version.split()[0])') (default): install, pytest -n $jobs"
+default_venv=build/venv-default
+[ -x "$default_venv/bin/python" ] || python3 -m venv "$default_venv"
+"$default_venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$default_venv/bin/python" -m pip install -q ".[test]" immutables
+(cd tests && "../$default_venv/bin/python" -m pytest -q -n "$jobs" -p no:cacheprovider .)
+
+if [ "$quick" = 1 ]; then
+    step "done (quick) in $(( $(date +%s) - started ))s"
+    exit 0
+fi
+
+step "C++ sanitizers: TSan and ASan/UBSan builds ($mode)"
+bash scripts/run-cpp-sanitizers.sh "--$mode"
+
+step "free-threaded CPython 3.13t (build or reuse)"
+ft_python=$(bash scripts/build-python.sh --flavour ft | tail -n 1)
+"$ft_python" -c 'import sys; assert not sys._is_gil_enabled(), "not a free-threaded build"'
+
+step "3.13t: install, pytest -n $jobs"
+bash scripts/build-extension.sh --python "$ft_python"
+(cd tests && "$ft_python" -m pytest -q -n "$jobs" -p no:cacheprovider .)
+
+step "3.13t: every test on 4 threads at once (pytest-run-parallel)"
+(cd tests && "$ft_python" -m pytest -q -p no:cacheprovider --parallel-threads=4 .)
+
+step "ThreadSanitizer CPython 3.13t (build or reuse) and the Python stress suite under it ($mode)"
+bash scripts/run-python-stress.sh "--$mode" --flavour both
+
+step "GIL builds from pyenv: install and smoke test"
+for v in 3.10 3.12 3.13; do
+    py=$(ls -d "$HOME"/.pyenv/versions/"$v".*/bin/python3 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$py" ]; then
+        echo "Python $v: not installed by pyenv here, skipped"
+        continue
+    fi
+    venv="build/venv-$v"
+    [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q .
+    "$venv/bin/python" examples/demo.py >/dev/null
+    (cd tests && "../$venv/bin/python" -m pytest -q -p no:cacheprovider test_api.py test_protocols.py test_transient.py) | tail -n 1
+done
+
+step "all passed in $(( $(date +%s) - started ))s"
