@@ -1,0 +1,111 @@
+"""Typed usage of the public API.
+
+``tests/test_typing.py`` type-checks this file with ``mypy --strict`` (so the package's
+type information must be precise enough for it) and also runs it, so every statement here
+must hold at run time too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from typing import TYPE_CHECKING, Optional
+
+from pypersistent import PersistentMap, TransientMap
+
+if TYPE_CHECKING:
+    from typing_extensions import assert_type
+else:
+
+    def assert_type(value, expected_type, /):
+        return value
+
+
+def build() -> PersistentMap[str, int]:
+    empty: PersistentMap[str, int] = PersistentMap()
+    m = empty.assoc("a", 1).set("b", 2)
+    assert_type(m, PersistentMap[str, int])
+    return m
+
+
+def lookups(m: PersistentMap[str, int]) -> int:
+    assert_type(m["a"], int)
+    assert_type(m.get("a"), Optional[int])
+    maybe: Optional[int] = m.get("zzz")
+    with_default: int = m.get("zzz", 0)
+    present: bool = m.contains("a")
+    also_present: bool = "a" in m
+    size: int = len(m)
+    assert maybe is None and with_default == 0 and present and also_present
+    return m["a"] + size
+
+
+def derive(m: PersistentMap[str, int]) -> list[PersistentMap[str, int]]:
+    removed = m.dissoc("a")
+    assert_type(removed, PersistentMap[str, int])
+    deleted: PersistentMap[str, int] = m.delete("b")
+    updated: PersistentMap[str, int] = m.update({"c": 3})
+    merged: PersistentMap[str, int] = m.merge({"d": 4})
+    ored: PersistentMap[str, int] = m | {"e": 5}
+    cleared: PersistentMap[str, int] = m.clear()
+    same: PersistentMap[str, int] = m.copy()
+    return [removed, deleted, updated, merged, ored, cleared, same]
+
+
+def iterate(m: PersistentMap[str, int]) -> list[str]:
+    keys: KeysView[str] = m.keys()
+    values: ValuesView[int] = m.values()
+    items: ItemsView[str, int] = m.items()
+    it: Iterator[str] = iter(m)
+    total = sum(values)
+    pairs: list[tuple[str, int]] = list(items)
+    assert total == sum(v for _, v in pairs)
+    return sorted(keys) + list(it)
+
+
+def edit(m: PersistentMap[str, int]) -> PersistentMap[str, int]:
+    t = m.transient()
+    assert_type(t, TransientMap[str, int])
+    t["x"] = 10
+    del t["x"]
+    t.assoc("y", 20).dissoc("a")
+    t.set("z", 30).delete("z")
+    t.update({"w": 40})
+    got: Optional[int] = t.get("y")
+    assert got == 20 and "w" in t and len(t) >= 2
+    result = t.persistent()
+    assert_type(result, PersistentMap[str, int])
+    with m.transient() as t2:
+        t2["q"] = 1
+        return t2.persistent()
+
+
+def as_mapping(m: Mapping[str, int]) -> int:
+    return len(m)
+
+
+def constructors() -> None:
+    a: PersistentMap[str, int] = PersistentMap({"a": 1})
+    b: PersistentMap[str, int] = PersistentMap([("a", 1)])
+    c: PersistentMap[str, int] = PersistentMap.from_dict({"a": 1})
+    d: PersistentMap[str, int] = PersistentMap.create(a=1)
+    e: PersistentMap[str, None] = PersistentMap.fromkeys(["a"])
+    f: PersistentMap[str, int] = PersistentMap.fromkeys(["a"], 1)
+    assert a == b == c == d == f
+    assert e == {"a": None}
+    h: int = hash(a)
+    assert h == hash(b)
+
+
+def main() -> None:
+    m = build()
+    assert lookups(m) == 3
+    versions = derive(m)
+    assert versions[0] == {"b": 2}
+    assert sorted(iterate(m)) == ["a", "a", "b", "b"]
+    assert edit(m) == {"a": 1, "b": 2, "q": 1}
+    assert as_mapping(m) == 2
+    constructors()
+
+
+if __name__ == "__main__":
+    main()
