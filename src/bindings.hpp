@@ -130,6 +130,7 @@ struct module_state {
     PyTypeObject* keys_type = nullptr;
     PyTypeObject* values_type = nullptr;
     PyTypeObject* items_type = nullptr;
+    PyTypeObject* atom_type = nullptr;
 };
 
 struct MapObject {
@@ -173,6 +174,8 @@ struct ViewObject {
 
 // ---- shared helpers (map_object.cpp) -------------------------------------------------------
 bool is_map(PyObject* o) noexcept;
+// The module state recorded in one of this interpreter's types (a dict lookup: cold paths only).
+module_state* state_of_type(PyTypeObject* type);
 PyObject* new_map(PyTypeObject* type, module_state* state, object_map&& map);
 PyObject* make_iterator(module_state* state, MapObject* map, view_kind kind);
 PyObject* make_view(PyTypeObject* type, MapObject* map);
@@ -189,5 +192,6 @@ extern PyType_Spec iterator_spec;
 extern PyType_Spec keys_spec;
 extern PyType_Spec values_spec;
 extern PyType_Spec items_spec;
+extern PyType_Spec atom_spec;
 
 }  // namespace pypersistent::python

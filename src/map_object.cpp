@@ -25,15 +25,6 @@ PyObject* guarded(F&& body) {
 
 bool is_mapping(PyObject* o) { return PyType_HasFeature(Py_TYPE(o), Py_TPFLAGS_MAPPING); }
 
-module_state* state_of_type(PyTypeObject* type) {
-    PyObject* capsule = PyDict_GetItemString(type->tp_dict, "_state");
-    if (!capsule) {
-        PyErr_SetString(PyExc_SystemError, "pypersistent: type has no module state");
-        return nullptr;
-    }
-    return static_cast<module_state*>(PyCapsule_GetPointer(capsule, "pypersistent._state"));
-}
-
 // Returns the same object when the update changed nothing.
 PyObject* map_or_self(PyObject* self, object_map&& result) {
     MapObject* m = as_map(self);
@@ -558,6 +549,15 @@ bool fill_from_pairs(object_transient& t, PyObject* source) {
 }  // namespace
 
 bool is_map(PyObject* o) noexcept { return Py_TYPE(o)->tp_dealloc == map_dealloc; }
+
+module_state* state_of_type(PyTypeObject* type) {
+    PyObject* capsule = PyDict_GetItemString(type->tp_dict, "_state");
+    if (!capsule) {
+        PyErr_SetString(PyExc_SystemError, "pypersistent: type has no module state");
+        return nullptr;
+    }
+    return static_cast<module_state*>(PyCapsule_GetPointer(capsule, "pypersistent._state"));
+}
 
 PyObject* new_map(PyTypeObject* type, module_state* state, object_map&& map) {
     auto* m = reinterpret_cast<MapObject*>(type->tp_alloc(type, 0));

@@ -46,6 +46,7 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     py::object keys_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, keys_spec)));
     py::object values_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, values_spec)));
     py::object items_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, items_spec)));
+    py::object atom_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, atom_spec)));
 
     state->map_type = reinterpret_cast<PyTypeObject*>(map_type.ptr());
     state->transient_type = reinterpret_cast<PyTypeObject*>(transient_type.ptr());
@@ -53,8 +54,9 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     state->keys_type = reinterpret_cast<PyTypeObject*>(keys_type.ptr());
     state->values_type = reinterpret_cast<PyTypeObject*>(values_type.ptr());
     state->items_type = reinterpret_cast<PyTypeObject*>(items_type.ptr());
+    state->atom_type = reinterpret_cast<PyTypeObject*>(atom_type.ptr());
 
-    const py::object all_types[] = {map_type, transient_type, iterator_type, keys_type, values_type, items_type};
+    const py::object all_types[] = {map_type, transient_type, iterator_type, keys_type, values_type, items_type, atom_type};
     for (const py::object& t : all_types) keep_alive(reinterpret_cast<PyTypeObject*>(t.ptr()), "_state", capsule.ptr());
     auto* map_t = state->map_type;
     keep_alive(map_t, "_transient_type", transient_type.ptr());
@@ -64,6 +66,7 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     keep_alive(map_t, "_items_type", items_type.ptr());
     keep_alive(state->transient_type, "_map_type", map_type.ptr());
     keep_alive(state->transient_type, "_iterator_type", iterator_type.ptr());
+    keep_alive(state->atom_type, "_map_type", map_type.ptr());
     for (PyTypeObject* view : {state->keys_type, state->values_type, state->items_type}) {
         keep_alive(view, "_iterator_type", iterator_type.ptr());
     }
@@ -75,6 +78,7 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     m.attr("PersistentMapValues") = values_type;
     m.attr("PersistentMapItems") = items_type;
     m.attr("PersistentMapIterator") = iterator_type;
+    m.attr("Atom") = atom_type;
 #ifdef Py_GIL_DISABLED
     m.attr("FREE_THREADED_BUILD") = true;
 #else

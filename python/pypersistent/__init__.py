@@ -10,6 +10,7 @@
 from collections import abc as _abc
 
 from ._pypersistent import (
+    Atom,
     FREE_THREADED_BUILD,
     PersistentMap,
     PersistentMapItems,
@@ -19,7 +20,7 @@ from ._pypersistent import (
     TransientMap,
 )
 
-__all__ = ["PersistentMap", "TransientMap", "FREE_THREADED_BUILD"]
+__all__ = ["Atom", "PersistentMap", "TransientMap", "FREE_THREADED_BUILD"]
 __version__ = "0.1.0"
 
 _abc.Mapping.register(PersistentMap)

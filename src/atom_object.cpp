@@ -1,0 +1,240 @@
+// Atom: a lock-free cell holding a PersistentMap, for state that many threads publish and read.
+// It stores the map *object* (so compare_and_set can test identity, and deref returns the very
+// object that was stored) in pypersistent::shared_cell; see include/pypersistent/atom.hpp for
+// the lock-free design and its memory reclamation.
+#include <utility>
+
+#include <pypersistent/atom.hpp>
+
+#include "bindings.hpp"
+
+namespace pypersistent::python {
+namespace {
+
+// A strong reference. Boxes of the cell are freed by whichever thread drops the last unit;
+// every such thread is running Python code for this interpreter, so Py_DECREF is safe there.
+class object_ref {
+public:
+    explicit object_ref(PyObject* o) noexcept : object_(Py_XNewRef(o)) {}
+    object_ref(const object_ref& other) noexcept : object_(Py_XNewRef(other.object_)) {}
+    object_ref(object_ref&& other) noexcept : object_(std::exchange(other.object_, nullptr)) {}
+    object_ref& operator=(const object_ref&) = delete;
+    object_ref& operator=(object_ref&&) = delete;
+    ~object_ref() { Py_XDECREF(object_); }
+    PyObject* get() const noexcept { return object_; }
+
+private:
+    PyObject* object_;
+};
+
+using object_cell = pypersistent::shared_cell<object_ref>;
+
+struct AtomObject {
+    PyObject_HEAD
+    object_cell* cell;  // holds a PersistentMap, or nothing once the collector cleared the atom
+    PyObject* weakreflist;
+};
+
+AtomObject* as_atom(PyObject* o) { return reinterpret_cast<AtomObject*>(o); }
+
+bool require_map(PyObject* o, const char* what) {
+    if (is_map(o)) return true;
+    PyErr_Format(PyExc_TypeError, "%s must be a PersistentMap, not %.200s", what, Py_TYPE(o)->tp_name);
+    return false;
+}
+
+template <class F>
+PyObject* guarded(F&& body) {
+    try {
+        return body();
+    } catch (const std::bad_alloc&) {
+        return PyErr_NoMemory();
+    }
+}
+
+// A new reference to the current map (wait-free).
+PyObject* current(PyObject* self) {
+    PyObject* value = as_atom(self)->cell->with_current([](const object_ref& r) { return Py_XNewRef(r.get()); });
+    if (!value) PyErr_SetString(PyExc_RuntimeError, "this Atom was cleared by the garbage collector");
+    return value;
+}
+
+PyObject* atom_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+    static const char* keywords[] = {"initial", nullptr};
+    PyObject* initial = nullptr;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:Atom", const_cast<char**>(keywords), &initial)) return nullptr;
+    PyObject* owned_initial = nullptr;
+    if (initial) {
+        if (!require_map(initial, "Atom's initial value")) return nullptr;
+    } else {
+        module_state* state = state_of_type(type);
+        if (!state) return nullptr;
+        owned_initial = new_map(state->map_type, state, object_map());
+        if (!owned_initial) return nullptr;
+        initial = owned_initial;
+    }
+    PyObject* result = guarded([&]() -> PyObject* {
+        auto* cell = new object_cell(object_ref(initial));
+        auto* atom = reinterpret_cast<AtomObject*>(type->tp_alloc(type, 0));
+        if (!atom) {
+            delete cell;
+            return nullptr;
+        }
+        atom->cell = cell;
+        atom->weakreflist = nullptr;
+        return reinterpret_cast<PyObject*>(atom);
+    });
+    Py_XDECREF(owned_initial);
+    return result;
+}
+
+PyObject* atom_deref(PyObject* self, PyObject*) { return current(self); }
+PyObject* atom_value(PyObject* self, void*) { return current(self); }
+
+PyObject* atom_reset(PyObject* self, PyObject* desired) {
+    if (!require_map(desired, "reset()'s argument")) return nullptr;
+    return guarded([&]() -> PyObject* {
+        auto old = as_atom(self)->cell->exchange(object_ref(desired));
+        return Py_XNewRef(old->get() ? old->get() : Py_None);
+    });
+}
+
+PyObject* atom_compare_and_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "compare_and_set() takes exactly 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    PyObject* expected = args[0];
+    PyObject* desired = args[1];
+    if (!require_map(desired, "compare_and_set()'s new value")) return nullptr;
+    return guarded([&]() -> PyObject* {
+        object_cell* cell = as_atom(self)->cell;
+        while (true) {
+            auto now = cell->load();
+            if (now->get() != expected) Py_RETURN_FALSE;
+            if (cell->compare_exchange(now, object_ref(desired))) Py_RETURN_TRUE;
+        }
+    });
+}
+
+// swap(fn, *args, **kwargs): fn(current, *args, **kwargs) until the result is published.
+PyObject* atom_swap(PyObject* self, PyObject* args, PyObject* kwargs) {
+    const Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "swap() needs a function");
+        return nullptr;
+    }
+    PyObject* fn = PyTuple_GET_ITEM(args, 0);
+    PyObject* call_args = PyTuple_New(nargs);  // (current, *args[1:])
+    if (!call_args) return nullptr;
+    for (Py_ssize_t i = 1; i < nargs; ++i) PyTuple_SET_ITEM(call_args, i, Py_NewRef(PyTuple_GET_ITEM(args, i)));
+    PyObject* result = guarded([&]() -> PyObject* {
+        object_cell* cell = as_atom(self)->cell;
+        while (true) {
+            auto now = cell->load();
+            if (!now->get()) {
+                PyErr_SetString(PyExc_RuntimeError, "this Atom was cleared by the garbage collector");
+                return nullptr;
+            }
+            PyObject* previous = PyTuple_GET_ITEM(call_args, 0);
+            PyTuple_SET_ITEM(call_args, 0, Py_NewRef(now->get()));
+            Py_XDECREF(previous);
+            PyObject* next = PyObject_Call(fn, call_args, kwargs);
+            if (!next) return nullptr;
+            if (!require_map(next, "the value swap()'s function returned")) {
+                Py_DECREF(next);
+                return nullptr;
+            }
+            if (cell->compare_exchange(now, object_ref(next))) return next;
+            Py_DECREF(next);
+        }
+    });
+    Py_DECREF(call_args);
+    return result;
+}
+
+PyObject* atom_repr(PyObject* self) {
+    PyObject* value = current(self);
+    if (!value) return nullptr;
+    PyObject* r = PyUnicode_FromFormat("Atom(%R)", value);
+    Py_DECREF(value);
+    return r;
+}
+
+int atom_traverse(PyObject* self, visitproc visit, void* arg) {
+    Py_VISIT(Py_TYPE(self));
+    AtomObject* atom = as_atom(self);
+    // The collector runs with the world stopped (free-threaded) or under the GIL with no
+    // store in progress in C++, so the cell can be read without a borrow.
+    if (atom->cell) Py_VISIT(atom->cell->unsynchronized_peek().get());
+    return 0;
+}
+
+int atom_clear(PyObject* self) {
+    AtomObject* atom = as_atom(self);
+    if (atom->cell) atom->cell->exchange(object_ref(nullptr));
+    return 0;
+}
+
+void atom_dealloc(PyObject* self) {
+    AtomObject* atom = as_atom(self);
+    PyTypeObject* type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (atom->weakreflist) PyObject_ClearWeakRefs(self);
+    delete atom->cell;
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+PyMethodDef atom_methods[] = {
+    {"deref", atom_deref, METH_NOARGS, "deref() -> PersistentMap\n\nThe current map; never waits."},
+    {"reset", atom_reset, METH_O, "reset(new) -> PersistentMap\n\nStores new; returns the map it replaced."},
+    {"compare_and_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(atom_compare_and_set)),
+     METH_FASTCALL,
+     "compare_and_set(expected, new) -> bool\n\nStores new only if the current map is expected (identity)."},
+    {"swap", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(atom_swap)), METH_VARARGS | METH_KEYWORDS,
+     "swap(fn, *args, **kwargs) -> PersistentMap\n\n"
+     "Stores fn(current, *args, **kwargs) and returns it. When another thread stores first, fn is\n"
+     "called again with the newer map, so fn may run several times: it must not have side effects."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef atom_getset[] = {
+    {"value", atom_value, nullptr, "The current map (same as deref()).", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyMemberDef atom_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(AtomObject, weakreflist), READONLY, nullptr},
+    {nullptr, 0, 0, 0, nullptr},
+};
+
+const char atom_doc[] =
+    "Atom(initial=PersistentMap())\n\n"
+    "A cell holding a PersistentMap that any number of threads read and update without locks:\n"
+    "deref() never waits, and updates are compare-and-set (swap() retries with the newer map).";
+
+PyType_Slot atom_slots[] = {
+    {Py_tp_doc, const_cast<char*>(atom_doc)},
+    {Py_tp_new, reinterpret_cast<void*>(atom_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(atom_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(atom_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(atom_clear)},
+    {Py_tp_repr, reinterpret_cast<void*>(atom_repr)},
+    {Py_tp_methods, atom_methods},
+    {Py_tp_getset, atom_getset},
+    {Py_tp_members, atom_members},
+    {0, nullptr},
+};
+
+}  // namespace
+
+PyType_Spec atom_spec = {
+    "pypersistent.Atom",
+    static_cast<int>(sizeof(AtomObject)),
+    0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    atom_slots,
+};
+
+}  // namespace pypersistent::python
