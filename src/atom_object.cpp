@@ -229,6 +229,26 @@ PyType_Slot atom_slots[] = {
 
 }  // namespace
 
+int atom_current_root(PyObject* atom, object_trie::node** root, std::size_t* size) {
+    if (Py_TYPE(atom)->tp_dealloc != atom_dealloc) {
+        if (current_thread_state()) PyErr_SetString(PyExc_TypeError, "expected a pypersistent.Atom");
+        return -1;
+    }
+    // No Python API here: the borrow keeps the stored map object alive, and its trie is
+    // immutable, so retaining the root is all it takes.
+    const bool ok = as_atom(atom)->cell->with_current([&](const object_ref& r) {
+        if (!r.get()) return false;
+        const object_map& map = reinterpret_cast<MapObject*>(r.get())->map;
+        auto* node = const_cast<object_trie::node*>(map.root());
+        if (node) object_trie::retain(node);
+        *root = node;
+        *size = map.size();
+        return true;
+    });
+    if (!ok && current_thread_state()) PyErr_SetString(PyExc_RuntimeError, "this Atom was cleared");
+    return ok ? 0 : -1;
+}
+
 PyType_Spec atom_spec = {
     "pypersistent.Atom",
     static_cast<int>(sizeof(AtomObject)),

@@ -2,6 +2,8 @@
 // per (sub)interpreter, no per-process Python state.
 #include <pybind11/pybind11.h>
 
+#include <type_traits>
+
 #include "bindings.hpp"
 
 namespace py = pybind11;
@@ -23,6 +25,24 @@ PyTypeObject* make_type(py::module_& m, PyType_Spec& spec) {
 
 // `holder`'s dict keeps `held` alive: a type whose instances make instances of another type owns
 // a reference to it, so module_state's borrowed pointers stay valid for as long as they are used.
+PyObject* api_wrap(const c_api* api, object_trie::node* root, std::size_t size) {
+    auto* state = static_cast<module_state*>(api->module_state);
+    return new_map(state->map_type, state, object_map::adopt(root, size));
+}
+
+int api_unwrap(PyObject* obj, object_trie::node** root, std::size_t* size) {
+    if (!is_map(obj)) {
+        PyErr_Format(PyExc_TypeError, "expected a PersistentMap, not %.200s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const object_map& map = reinterpret_cast<MapObject*>(obj)->map;
+    auto* node = const_cast<object_trie::node*>(map.root());
+    if (node) object_trie::retain(node);
+    *root = node;
+    *size = map.size();
+    return 0;
+}
+
 void keep_alive(PyTypeObject* holder, const char* name, PyObject* held) {
     if (PyDict_SetItemString(holder->tp_dict, name, held) < 0) throw py::error_already_set();
 }
@@ -71,6 +91,18 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
         keep_alive(view, "_iterator_type", iterator_type.ptr());
     }
     for (const py::object& t : all_types) PyType_Modified(reinterpret_cast<PyTypeObject*>(t.ptr()));
+
+    state->api.version = c_api_version;
+    state->api.node_header_bytes = expected_node_header_bytes();
+    state->api.atomic_refcounts = std::is_same<object_policy::refcount, pypersistent::atomic_refcount>::value ? 1 : 0;
+    state->api.wrap = api_wrap;
+    state->api.unwrap = api_unwrap;
+    state->api.atom_current = atom_current_root;
+    state->api.module_state = state;
+    // The capsule points into the state, which lives as long as any of the types (the module
+    // holds them all).
+    m.attr("_C_API") = py::reinterpret_steal<py::object>(
+        PyCapsule_New(&state->api, "pypersistent._pypersistent._C_API", nullptr));
 
     m.attr("PersistentMap") = map_type;
     m.attr("TransientMap") = transient_type;

@@ -28,6 +28,15 @@ public:
     // Returns true when this was the last reference.
     bool release() noexcept { return count_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
     std::uint32_t load() const noexcept { return count_.load(std::memory_order_acquire); }
+    // Drops a reference unless it is the last one (then nothing changes and it returns false),
+    // for callers that must prepare something before a node can be destroyed.
+    bool release_unless_last() noexcept {
+        std::uint32_t c = count_.load(std::memory_order_relaxed);
+        while (c > 1) {
+            if (count_.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel, std::memory_order_relaxed)) return true;
+        }
+        return false;
+    }
 
 private:
     std::atomic<std::uint32_t> count_;
