@@ -676,16 +676,10 @@ struct champ {
         return out.finish();
     }
 
-    // find() starting from a node at a given shift.
+    // find() starting from a node at a given shift. Collision nodes exist only below the last
+    // bitmap level, so the loop needs no per-level "is this a collision node" test.
     static const entry_type* find_from(const node* n, unsigned shift, hash_t hash, const K& key) {
-        while (true) {
-            if (n->collision) {
-                const entry_type* es = entries(n);
-                for (unsigned i = 0, c = n->datamap; i < c; ++i) {
-                    if (KeyEqual{}(es[i].first, key)) return es + i;
-                }
-                return nullptr;
-            }
+        while (shift < hash_bits) {
             const std::uint32_t bit = std::uint32_t(1) << fragment(hash, shift);
             if (n->nodemap & bit) {
                 n = children(n)[slot_index(n->nodemap, bit)];
@@ -698,6 +692,12 @@ struct champ {
             }
             return nullptr;
         }
+        assert(n->collision);
+        const entry_type* es = entries(n);
+        for (unsigned i = 0, c = n->datamap; i < c; ++i) {
+            if (KeyEqual{}(es[i].first, key)) return es + i;
+        }
+        return nullptr;
     }
 
     // ---- equality -----------------------------------------------------------------------
