@@ -14,12 +14,15 @@
 //      the box's own count instead (step "transfer" below), so the reader cancels its extra
 //      reference with a plain decrement.
 //
-// The box's own count includes one unit for "the cell holds me". Whoever replaces the box adds
-// (borrows it saw - 1) in a single fetch_add: the borrows in flight become real units, and the
-// cell's unit goes away at the same moment, so the count can never touch zero while a borrower
-// still relies on the cell's unit. The thread whose operation brings the count to zero frees
-// the box. Readers never wait and never retry (wait-free); writers retry only when another
-// writer won (lock-free). Boxes are never stored twice, so box pointers have no ABA problem.
+// While a box is in the cell, its own count carries a large bias (2^40) for "the cell holds me".
+// Whoever replaces the box adds (borrows it saw + 1 - bias) in a single fetch_add: the borrows in
+// flight become real units, the bias goes away, and one unit is kept for the handle returned to
+// the replacer. A borrower that finds the box already replaced gives its unit back at once (step
+// 3), possibly before the replacer's fetch_add has credited it: that only takes the count below
+// the bias, never to zero, and the count is exact again once the transfer lands. The thread
+// whose operation brings the count to zero frees the box. Readers never wait and never retry
+// (wait-free); writers retry only when another writer won (lock-free). Boxes are never stored
+// twice, so box pointers have no ABA problem.
 //
 // All synchronisation is through std::atomic read-modify-write operations (no standalone
 // fences), which ThreadSanitizer models exactly. The 48-bit pointer packing holds on x86-64 and
@@ -37,9 +40,14 @@ template <class T>
 class shared_cell {
     static_assert(sizeof(void*) == 8, "shared_cell packs a 48-bit pointer and a 16-bit count into 64 bits");
 
+    // While a box is in the cell its count carries a large bias (`cell_units`) instead of one
+    // unit for the cell, so that borrowers that lost a race with a replacer may drop their
+    // (not yet transferred) units before the replacer credits them without reaching zero.
+    static constexpr std::int64_t cell_units = std::int64_t(1) << 40;
+
     struct box {
         explicit box(T v) : value(std::move(v)) {}
-        std::atomic<std::int64_t> refs{1};  // the cell's unit, or the first holder's
+        std::atomic<std::int64_t> refs{cell_units};  // in the cell: the bias, plus handles
         T value;
     };
 
@@ -93,7 +101,7 @@ public:
     ~shared_cell() {
         const std::uint64_t word = word_.load(std::memory_order_acquire);
         assert(borrows_of(word) == 0);
-        add_refs(box_of(word), -1);
+        add_refs(box_of(word), -cell_units);
     }
 
     // Wait-free: one fetch_add, one increment, and at most a few CAS attempts that only fail
@@ -111,8 +119,8 @@ public:
             }
         }
         // Replaced meanwhile: our borrow was (or will be) moved into the box's count by the
-        // replacer. The unit we added is redundant; the transfer still owes us one, so this can
-        // never be the decrement that frees the box.
+        // replacer. The unit we added is redundant. Until the transfer lands the count still
+        // carries the cell's bias, so neither this decrement nor our handle's can free the box.
         b->refs.fetch_sub(1, std::memory_order_relaxed);
         return handle(b);
     }
@@ -121,7 +129,7 @@ public:
     // two read-modify-writes on the cell's word and none on the box, for readers that only
     // need to copy something out (a Python binding increments the stored object's count).
     template <class F>
-    decltype(auto) with_current(F&& f) const {
+    auto with_current(F&& f) const {
         const std::uint64_t seen = word_.fetch_add(one_borrow, std::memory_order_acquire);
         box* b = box_of(seen);
         struct give_back {
@@ -171,8 +179,10 @@ private:
     handle retire(std::uint64_t old_word) noexcept {
         box* b = box_of(old_word);
         const auto borrows = static_cast<std::int64_t>(borrows_of(old_word));
-        // Keep one unit for the handle we return: borrows - 1 (cell's unit) + 1 (returned).
-        b->refs.fetch_add(borrows, std::memory_order_acq_rel);
+        // Borrows in flight become real units, the cell's bias goes away, and one unit is kept
+        // for the handle we return. Borrowers that already gave up their unit may have taken
+        // the count below the bias; the total is now exact and still includes our unit.
+        b->refs.fetch_add(borrows + 1 - cell_units, std::memory_order_acq_rel);
         return handle(b);
     }
 
