@@ -129,9 +129,15 @@ int map_equals(MapObject* a, PyObject* other) {
     for (const auto& e : a->map) {
         PyObject* theirs;
         if (exact_dict) {
+#if PY_VERSION_HEX >= 0x030D0000
+            // A strong reference taken atomically: another thread may replace the value.
+            const int found = PyDict_GetItemRef(other, e.first, &theirs);
+            if (found <= 0) return found;
+#else
             theirs = PyDict_GetItemWithError(other, e.first);
             if (!theirs) return PyErr_Occurred() ? -1 : 0;
             Py_INCREF(theirs);
+#endif
         } else {
             theirs = PyObject_GetItem(other, e.first);
             if (!theirs) {
@@ -518,28 +524,26 @@ bool fill_from_pairs(object_transient& t, PyObject* source) {
     for (Py_ssize_t index = 0; ok; ++index) {
         PyObject* item = PyIter_Next(it);
         if (!item) break;
-        PyObject* fast = PySequence_Fast(item, "");
-        if (!fast) {
+        // A tuple snapshot of the pair: another thread may be changing a list meanwhile, and
+        // PySequence_Tuple copies a list under its lock.
+        PyObject* pair = PyTuple_Check(item) ? Py_NewRef(item) : PySequence_Tuple(item);
+        if (!pair) {
             if (PyErr_ExceptionMatches(PyExc_TypeError)) {
                 PyErr_Format(PyExc_TypeError, "cannot convert update sequence element #%zd to a sequence", index);
             }
             ok = false;
-        } else if (PySequence_Fast_GET_SIZE(fast) != 2) {
+        } else if (PyTuple_GET_SIZE(pair) != 2) {
             PyErr_Format(PyExc_ValueError, "update sequence element #%zd has length %zd; 2 is required", index,
-                         PySequence_Fast_GET_SIZE(fast));
+                         PyTuple_GET_SIZE(pair));
             ok = false;
         } else {
-            PyObject* key = Py_NewRef(PySequence_Fast_GET_ITEM(fast, 0));
-            PyObject* value = Py_NewRef(PySequence_Fast_GET_ITEM(fast, 1));
             try {
-                ok = add_pair(t, key, value);
+                ok = add_pair(t, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
             } catch (const python_error&) {
                 ok = false;
             }
-            Py_DECREF(key);
-            Py_DECREF(value);
         }
-        Py_XDECREF(fast);
+        Py_XDECREF(pair);
         Py_DECREF(item);
     }
     Py_DECREF(it);

@@ -179,13 +179,16 @@ PyObject* transient_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
 }
 
 PyObject* transient_repr(PyObject* self) {
-    const Py_ssize_t n = transient_length(self);
-    if (n < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) return nullptr;
-        PyErr_Clear();
-        return PyUnicode_FromString("TransientMap(<finished>)");
-    }
-    return PyUnicode_FromFormat("TransientMap(<%zd items>)", n);
+    TransientObject* obj = as_transient(self);
+    Py_ssize_t size = -1;
+    bool busy = false;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    busy = obj->busy;
+    if (obj->transient && !busy) size = static_cast<Py_ssize_t>(obj->transient->size());
+    Py_END_CRITICAL_SECTION();
+    if (busy) return PyUnicode_FromString("TransientMap(<in use>)");
+    if (size < 0) return PyUnicode_FromString("TransientMap(<finished>)");
+    return PyUnicode_FromFormat("TransientMap(<%zd items>)", size);
 }
 
 int transient_traverse(PyObject* self, visitproc visit, void* arg) {
