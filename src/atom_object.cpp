@@ -11,20 +11,32 @@
 namespace pypersistent::python {
 namespace {
 
-// A strong reference. Boxes of the cell are freed by whichever thread drops the last unit;
-// every such thread is running Python code for this interpreter, so Py_DECREF is safe there.
+// A strong reference. Boxes of the cell are freed by whichever thread drops the last unit.
+// That is a Python thread, except in atom_current_root: it runs with_current on host threads
+// that may have no thread state (free-threaded builds), and when a writer replaced the box
+// meanwhile, giving the borrow back can drop the box's last unit, and with it this reference.
 class object_ref {
 public:
-    explicit object_ref(PyObject* o) noexcept : object_(Py_XNewRef(o)) {}
-    object_ref(const object_ref& other) noexcept : object_(Py_XNewRef(other.object_)) {}
-    object_ref(object_ref&& other) noexcept : object_(std::exchange(other.object_, nullptr)) {}
+    explicit object_ref(PyObject* o) noexcept : object_(Py_XNewRef(o)), interp_(PyInterpreterState_Get()) {}
+    object_ref(const object_ref& other) noexcept : object_(Py_XNewRef(other.object_)), interp_(other.interp_) {}
+    object_ref(object_ref&& other) noexcept : object_(std::exchange(other.object_, nullptr)), interp_(other.interp_) {}
     object_ref& operator=(const object_ref&) = delete;
     object_ref& operator=(object_ref&&) = delete;
-    ~object_ref() { Py_XDECREF(object_); }
+    ~object_ref() {
+        if (!object_) return;
+#ifdef Py_GIL_DISABLED
+        if (!current_thread_state()) {
+            with_thread_state(interp_, [this] { Py_DECREF(object_); });
+            return;
+        }
+#endif
+        Py_DECREF(object_);
+    }
     PyObject* get() const noexcept { return object_; }
 
 private:
     PyObject* object_;
+    PyInterpreterState* interp_;  // the one the object belongs to
 };
 
 using object_cell = pypersistent::shared_cell<object_ref>;

@@ -31,8 +31,11 @@ R locked(PyObject* self, R failed, F&& body) {
         } catch (const python_error&) {
             result = failed;
         } catch (const std::bad_alloc&) {
+            // The trie may have lost its canonical shape (transient_map::erase): finish it.
             PyErr_NoMemory();
             result = failed;
+            delete t->transient;
+            t->transient = nullptr;
         }
         t->busy = false;
     }

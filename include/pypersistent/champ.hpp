@@ -472,6 +472,33 @@ struct champ {
         return replace_slot(n, false, owner, bit, slot_kind::child, nullptr, new_child);
     }
 
+    // `n` (owned) with its child at `bit`, a singleton this transient just made, replaced by the
+    // child's one entry. The entry is relocated, not copied, so only the allocation can throw;
+    // if it does, `n` keeps the singleton child: every key is still right, but the shape is no
+    // longer canonical, so a transient whose erase threw std::bad_alloc may compare unequal to
+    // an equal map and must be discarded (see transient_map::erase).
+    static node* inline_owned_singleton(node* n, owner_t owner, std::uint32_t bit, node* singleton) {
+        assert(owned_by(singleton, owner) && is_singleton(singleton));
+        builder b(n->datamap | bit, n->nodemap & ~bit, false, owner);
+        node** old_children = children(n);
+        for (unsigned i = 0, c = child_count(n); i < c; ++i) {
+            if (old_children[i] != singleton) b.adopt_child(old_children[i]);
+        }
+        entry_type* old_entries = entries(n);
+        unsigned oe = 0;
+        for (std::uint32_t m = n->datamap | bit; m; m &= m - 1) {
+            if ((m & (0u - m)) == bit) {
+                b.relocate_entry(entries(singleton)[0]);
+            } else {
+                b.relocate_entry(old_entries[oe++]);
+            }
+        }
+        node* result = b.finish();
+        free_shell(singleton);
+        free_shell(n);
+        return result;
+    }
+
     // ---- erase --------------------------------------------------------------------------
     //
     // Same contract as assoc; returns nullptr when n lost its last key (only the root can, since
@@ -507,17 +534,14 @@ struct champ {
             const bool pass_up = shift > 0 && n->datamap == 0 && n->nodemap == bit;
             if (owned) {
                 // The old child may already be consumed, so the slot must point to the new one
-                // before anything else can throw. Should copying the entry or allocating fail
-                // below, the transient is left holding a singleton child: every key is still
-                // right, only the canonical shape is lost (the basic guarantee).
+                // before anything else can throw.
                 children(n)[index] = new_child;
                 if (!child_owned) release(child);
                 if (pass_up) {
                     free_shell(n);
                     return new_child;
                 }
-                entry_type tmp(entries(new_child)[0]);
-                return replace_slot(n, true, owner, bit, slot_kind::entry, &tmp, nullptr);
+                return inline_owned_singleton(n, owner, bit, new_child);
             }
             node_guard singleton{new_child};
             if (pass_up) return singleton.hand_over();

@@ -185,8 +185,13 @@ inline object_map atom_snapshot(const c_api* api, PyObject* atom) {
 inline PyThreadState* current_thread_state() noexcept {
 #if PY_VERSION_HEX >= 0x030D0000
     return PyThreadState_GetUnchecked();
+#elif PY_VERSION_HEX >= 0x030C0000
+    return _PyThreadState_UncheckedGet();  // thread-local from 3.12 on
 #else
-    return _PyThreadState_UncheckedGet();
+    // Before 3.12 the "current" thread state is the GIL holder's, whichever thread that is:
+    // it is this thread's only if it is the one PyGILState knows for this thread.
+    PyThreadState* mine = PyGILState_GetThisThreadState();
+    return mine && mine == _PyThreadState_UncheckedGet() ? mine : nullptr;
 #endif
 }
 
@@ -199,13 +204,22 @@ void with_thread_state(PyInterpreterState* interp, F&& f) {
         f();
         return;
     }
-    PyThreadState* saved = mine ? PyEval_SaveThread() : nullptr;
-    PyThreadState* temporary = PyThreadState_New(interp);
-    PyEval_RestoreThread(temporary);
+    // Undone on every way out, exceptions from f included.
+    struct attached {
+        PyThreadState* saved;
+        explicit attached(PyInterpreterState* i, PyThreadState* current)
+            : saved(current ? PyEval_SaveThread() : nullptr) {
+            PyEval_RestoreThread(PyThreadState_New(i));
+        }
+        ~attached() {
+            PyThreadState_Clear(PyThreadState_Get());
+            PyThreadState_DeleteCurrent();
+            if (saved) PyEval_RestoreThread(saved);
+        }
+        attached(const attached&) = delete;
+        attached& operator=(const attached&) = delete;
+    } scope(interp, mine);
     f();
-    PyThreadState_Clear(temporary);
-    PyThreadState_DeleteCurrent();
-    if (saved) PyEval_RestoreThread(saved);
 }
 
 // An object_map together with the interpreter its objects belong to. Safe to destroy on any
@@ -215,6 +229,9 @@ public:
     python_map() noexcept = default;
     // Needs an attached thread state of the map's interpreter.
     explicit python_map(object_map map) : map_(std::move(map)), interp_(PyInterpreterState_Get()) {}
+    // For threads without a thread state (free-threaded atom_snapshot): `interp` is the
+    // interpreter the map's objects belong to.
+    python_map(object_map map, PyInterpreterState* interp) noexcept : map_(std::move(map)), interp_(interp) {}
     python_map(const python_map&) = default;
     python_map(python_map&&) noexcept = default;
     python_map& operator=(python_map other) noexcept {
