@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's whole test run, as CI does it: C++ unit tests and stress (plain, TSan,
 # ASan/UBSan), the pytest suite on the default Python and on free-threaded 3.13t (also with
-# every test on several threads at once), the Python stress suite under a TSan interpreter, an
-# embedding check, and a smoke test on the other GIL Pythons pyenv provides.
+# every test on several threads at once), the Python stress suite on 3.13t and under a TSan
+# interpreter, the C++ host examples (embedding included), and a smoke test on the other GIL
+# Pythons pyenv provides.
 #
 #   bash scripts/test.sh            # everything, short stress modes (CI)
 #   bash scripts/test.sh --long     # the same with the long stress modes
@@ -70,6 +71,9 @@ step "3.13t: every test on 4 threads at once (pytest-run-parallel)"
 
 step "ThreadSanitizer CPython 3.13t (build or reuse) and the Python stress suite under it ($mode)"
 bash scripts/run-python-stress.sh "--$mode" --flavour both
+
+step "C++ hosts: core-only host, CMake consumers, embedding host on 3.11, 3.13t and TSan ($mode)"
+bash scripts/run-host-examples.sh "--$mode"
 
 step "GIL builds from pyenv: install and smoke test"
 for v in 3.10 3.12 3.13; do
