@@ -501,9 +501,9 @@ struct champ {
 
     // ---- erase --------------------------------------------------------------------------
     //
-    // Same contract as assoc; returns nullptr when n lost its last key (only the root can, since
-    // any other node holds at least two keys). A non-root result may be a singleton, which the
-    // parent inlines.
+    // Same contract as assoc; returns nullptr when n lost its last key (in a canonical trie only
+    // the root can, since any other node holds at least two keys; a nullptr is a consumed node
+    // only at the root). A non-root result may be a singleton, which the parent inlines.
 
     static node* dissoc(node* n, unsigned shift, hash_t hash, const K& key, owner_t owner, bool& removed) {
         const bool owned = owned_by(n, owner);
@@ -525,7 +525,18 @@ struct champ {
             const bool child_owned = owned_by(child, owner);
             node* new_child = dissoc(child, shift + bits_per_level, hash, key, owner, removed);
             if (new_child == child) return n;
-            assert(new_child != nullptr);
+            if (!new_child) {
+                // Only in a trie that lost its canonical shape to a failed allocation (see
+                // inline_owned_singleton): the child held a lone entry, and it is gone.
+                if (n->datamap == 0 && n->nodemap == bit) {
+                    if (shift == 0 && owned) {
+                        release(child);
+                        free_shell(n);
+                    }
+                    return nullptr;
+                }
+                return replace_slot(n, owned, owner, bit, slot_kind::empty, nullptr, nullptr);
+            }
             if (!is_singleton(new_child)) {
                 return install_child(n, owned, owner, bit, index, child, child_owned, new_child);
             }
@@ -553,7 +564,9 @@ struct champ {
             if (!entry_matches(entries(n)[index], hash, key)) return n;
             removed = true;
             if (n->nodemap == 0 && popcount(n->datamap) == 1) {
-                if (owned) {
+                // Below the root only in a non-canonical trie; the parent then drops this
+                // node itself, so only the root is consumed here.
+                if (owned && shift == 0) {
                     destroy_entry(entries(n)[0]);
                     free_shell(n);
                 }
