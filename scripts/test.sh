@@ -84,7 +84,7 @@ for v in 3.10 3.12 3.13; do
     fi
     venv="build/venv-$v"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q .
+    "$venv/bin/python" -m pip install -q . pytest
     "$venv/bin/python" examples/demo.py >/dev/null
     (cd tests && "../$venv/bin/python" -m pytest -q -p no:cacheprovider test_api.py test_protocols.py test_transient.py) | tail -n 1
 done
