@@ -40,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -477,9 +478,26 @@ struct champ {
     // if it does, `n` keeps the singleton child: every key is still right, but the shape is no
     // longer canonical, so a transient whose erase threw std::bad_alloc may compare unequal to
     // an equal map and must be discarded (see transient_map::erase).
-    static node* inline_owned_singleton(node* n, owner_t owner, std::uint32_t bit, node* singleton) {
+    static node* inline_owned_singleton(node* n, unsigned shift, owner_t owner, std::uint32_t bit, node* singleton) {
         assert(owned_by(singleton, owner) && is_singleton(singleton));
-        builder b(n->datamap | bit, n->nodemap & ~bit, false, owner);
+        std::optional<builder> made;
+        try {
+            made.emplace(n->datamap | bit, n->nodemap & ~bit, false, owner);
+        } catch (...) {
+            // The singleton stays as n's child, one level below n; it may have been built for a
+            // deeper level (passed up), so move its entry's bit to the fragment of this level.
+            // (A lone collision entry becomes a one-entry bitmap node: same layout.)
+            if (shift + bits_per_level < hash_bits) {
+                try {
+                    const hash_t h = entry_hash(entries(singleton)[0]);
+                    singleton->datamap = std::uint32_t(1) << fragment(h, shift + bits_per_level);
+                    singleton->collision = false;
+                } catch (...) {
+                }
+            }
+            throw;
+        }
+        builder& b = *made;
         node** old_children = children(n);
         for (unsigned i = 0, c = child_count(n); i < c; ++i) {
             if (old_children[i] != singleton) b.adopt_child(old_children[i]);
@@ -552,7 +570,7 @@ struct champ {
                     free_shell(n);
                     return new_child;
                 }
-                return inline_owned_singleton(n, owner, bit, new_child);
+                return inline_owned_singleton(n, shift, owner, bit, new_child);
             }
             node_guard singleton{new_child};
             if (pass_up) return singleton.hand_over();
