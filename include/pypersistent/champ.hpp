@@ -19,8 +19,9 @@
 // Canonical form. A subtree that holds a single key is always inlined into its parent as an
 // entry (only the root may hold a lone entry), and deletion restores this on the way up. With
 // it, the shape of a trie depends only on its set of keys, never on the order of updates: equal
-// maps iterate in the same order, and equality compares node by node, skipping any subtree that
-// both maps share by pointer.
+// maps iterate in the same order (except among keys whose whole hashes are equal: a collision
+// node keeps them in the order they were added), and equality compares node by node, skipping
+// any subtree that both maps share by pointer (collision nodes are compared as sets).
 //
 // Sharing and ownership. A published node is immutable; it is shared by every map that reaches
 // it, and its atomic reference count is the number of parent slots and roots that point to it.
