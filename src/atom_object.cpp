@@ -55,15 +55,6 @@ bool require_map(PyObject* o, const char* what) {
     return false;
 }
 
-template <class F>
-PyObject* guarded(F&& body) {
-    try {
-        return body();
-    } catch (const std::bad_alloc&) {
-        return PyErr_NoMemory();
-    }
-}
-
 // A new reference to the current map (wait-free).
 PyObject* current(PyObject* self) {
     PyObject* value = as_atom(self)->cell->with_current([](const object_ref& r) { return Py_XNewRef(r.get()); });

@@ -13,6 +13,7 @@
 #include <structmember.h>
 
 #include <atomic>
+#include <new>
 #include <cstdint>
 #include <vector>
 
@@ -80,6 +81,18 @@ struct ViewObject {
     PyObject_HEAD
     MapObject* map;
 };
+
+// Runs `body`, turning the C++ exceptions that may cross the trie back into Python errors.
+template <class F>
+PyObject* guarded(F&& body) {
+    try {
+        return body();
+    } catch (const python_error&) {
+        return nullptr;
+    } catch (const std::bad_alloc&) {
+        return PyErr_NoMemory();
+    }
+}
 
 // ---- shared helpers (map_object.cpp) -------------------------------------------------------
 bool is_map(PyObject* o) noexcept;

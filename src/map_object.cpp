@@ -11,18 +11,6 @@ namespace {
 
 MapObject* as_map(PyObject* o) { return reinterpret_cast<MapObject*>(o); }
 
-// Runs `body`, turning the C++ exceptions that may cross the trie back into Python errors.
-template <class F>
-PyObject* guarded(F&& body) {
-    try {
-        return body();
-    } catch (const python_error&) {
-        return nullptr;
-    } catch (const std::bad_alloc&) {
-        return PyErr_NoMemory();
-    }
-}
-
 bool is_mapping(PyObject* o) { return PyType_HasFeature(Py_TYPE(o), Py_TPFLAGS_MAPPING); }
 
 // Returns the same object when the update changed nothing.
