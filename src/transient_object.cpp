@@ -31,11 +31,9 @@ R locked(PyObject* self, R failed, F&& body) {
         } catch (const python_error&) {
             result = failed;
         } catch (const std::bad_alloc&) {
-            // The trie may have lost its canonical shape (transient_map::erase): finish it.
+            // Every trie operation is strong: the transient is unchanged and stays usable.
             PyErr_NoMemory();
             result = failed;
-            delete t->transient;
-            t->transient = nullptr;
         }
         t->busy = false;
     }

@@ -41,7 +41,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
-#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -474,59 +473,57 @@ struct champ {
         return replace_slot(n, false, owner, bit, slot_kind::child, nullptr, new_child);
     }
 
-    // `n` (owned) with its child at `bit`, a singleton this transient just made, replaced by the
-    // child's one entry. The entry is relocated, not copied, so only the allocation can throw;
-    // if it does, `n` keeps the singleton child: every key is still right, but the shape is no
-    // longer canonical, so a transient whose erase threw std::bad_alloc may compare unequal to
-    // an equal map and must be discarded (see transient_map::erase).
-    static node* inline_owned_singleton(node* n, unsigned shift, owner_t owner, std::uint32_t bit, node* singleton) {
-        assert(owned_by(singleton, owner) && is_singleton(singleton));
-        std::optional<builder> made;
-        try {
-            made.emplace(n->datamap | bit, n->nodemap & ~bit, false, owner);
-        } catch (...) {
-            // The singleton stays as n's child, one level below n; it may have been built for a
-            // deeper level (passed up), so move its entry's bit to the fragment of this level.
-            // (A lone collision entry becomes a one-entry bitmap node: same layout.)
-            if (shift + bits_per_level < hash_bits) {
-                try {
-                    const hash_t h = entry_hash(entries(singleton)[0]);
-                    singleton->datamap = std::uint32_t(1) << fragment(h, shift + bits_per_level);
-                    singleton->collision = false;
-                } catch (...) {
-                }
-            }
-            throw;
-        }
-        builder& b = *made;
-        node** old_children = children(n);
-        for (unsigned i = 0, c = child_count(n); i < c; ++i) {
-            if (old_children[i] != singleton) b.adopt_child(old_children[i]);
-        }
-        entry_type* old_entries = entries(n);
-        unsigned oe = 0;
-        for (std::uint32_t m = n->datamap | bit; m; m &= m - 1) {
-            if ((m & (0u - m)) == bit) {
-                b.relocate_entry(entries(singleton)[0]);
-            } else {
-                b.relocate_entry(old_entries[oe++]);
-            }
-        }
-        node* result = b.finish();
-        free_shell(singleton);
-        free_shell(n);
-        return result;
-    }
-
     // ---- erase --------------------------------------------------------------------------
     //
-    // Same contract as assoc; returns nullptr when n lost its last key (in a canonical trie only
-    // the root can, since any other node holds at least two keys; a nullptr is a consumed node
-    // only at the root). A non-root result may be a singleton, which the parent inlines.
+    // Same contract as assoc; returns nullptr only when the root loses its last key.
+    //
+    // Canonical form says a subtree below the root never holds a single key. The only erase that
+    // would leave one is the erase of a key from a subtree holding exactly two: a chain of
+    // single-child nodes ending in a node with two entries. That case is handled by the parent
+    // of the chain before it descends: it finds the key among the two and rebuilds itself with
+    // a copy of the other entry in place of the whole chain, one allocation, with every node
+    // still intact. So every other node dissoc builds keeps at least two keys, nothing below the
+    // root ever collapses, and a transient's erase gives the strong guarantee like everything
+    // else (no node it owns is consumed before the one allocation succeeds).
+
+    enum class pair_lookup { not_a_pair, absent, found };
+
+    // Whether the subtree `c` at `shift` holds exactly two keys and, if it does, which entry
+    // survives the erase of `key` (`absent` when key is not one of the two).
+    static pair_lookup pair_survivor(const node* c, unsigned shift, hash_t hash, const K& key,
+                                     const entry_type*& survivor) {
+        bool on_path = true;
+        while (!c->collision && c->datamap == 0 && (c->nodemap & (c->nodemap - 1)) == 0) {
+            if (!(c->nodemap & (std::uint32_t(1) << fragment(hash, shift)))) on_path = false;
+            c = children(c)[0];
+            shift += bits_per_level;
+        }
+        if (c->nodemap != 0 || entry_count(c) != 2) return pair_lookup::not_a_pair;
+        if (!on_path) return pair_lookup::absent;
+        const entry_type* es = entries(c);
+        unsigned index;
+        if (c->collision) {
+            if (KeyEqual{}(es[0].first, key)) {
+                index = 0;
+            } else if (KeyEqual{}(es[1].first, key)) {
+                index = 1;
+            } else {
+                return pair_lookup::absent;
+            }
+        } else {
+            const std::uint32_t bit = std::uint32_t(1) << fragment(hash, shift);
+            if (!(c->datamap & bit)) return pair_lookup::absent;
+            index = slot_index(c->datamap, bit);
+            if (!entry_matches(es[index], hash, key)) return pair_lookup::absent;
+        }
+        survivor = &es[1 - index];
+        return pair_lookup::found;
+    }
 
     static node* dissoc(node* n, unsigned shift, hash_t hash, const K& key, owner_t owner, bool& removed) {
         const bool owned = owned_by(n, owner);
         if (n->collision) {
+            // At least three entries (a pair is handled by the parent), so two stay.
             const entry_type* es = entries(n);
             for (unsigned i = 0, c = n->datamap; i < c; ++i) {
                 if (KeyEqual{}(es[i].first, key)) {
@@ -541,51 +538,32 @@ struct champ {
         if (n->nodemap & bit) {
             const unsigned index = slot_index(n->nodemap, bit);
             node* child = children(n)[index];
+            const entry_type* survivor = nullptr;
+            switch (pair_survivor(child, shift + bits_per_level, hash, key, survivor)) {
+                case pair_lookup::absent:
+                    return n;
+                case pair_lookup::found: {
+                    entry_type tmp(*survivor);
+                    node* result = replace_slot(n, owned, owner, bit, slot_kind::entry, &tmp, nullptr);
+                    removed = true;
+                    return result;
+                }
+                case pair_lookup::not_a_pair:
+                    break;
+            }
             const bool child_owned = owned_by(child, owner);
             node* new_child = dissoc(child, shift + bits_per_level, hash, key, owner, removed);
             if (new_child == child) return n;
-            if (!new_child) {
-                // Only in a trie that lost its canonical shape to a failed allocation (see
-                // inline_owned_singleton): the child held a lone entry, and it is gone.
-                if (n->datamap == 0 && n->nodemap == bit) {
-                    if (shift == 0 && owned) {
-                        release(child);
-                        free_shell(n);
-                    }
-                    return nullptr;
-                }
-                return replace_slot(n, owned, owner, bit, slot_kind::empty, nullptr, nullptr);
-            }
-            if (!is_singleton(new_child)) {
-                return install_child(n, owned, owner, bit, index, child, child_owned, new_child);
-            }
-            // The child kept one key: it moves up into this node, or further up when this node
-            // would hold nothing else (the root always keeps it).
-            const bool pass_up = shift > 0 && n->datamap == 0 && n->nodemap == bit;
-            if (owned) {
-                // The old child may already be consumed, so the slot must point to the new one
-                // before anything else can throw.
-                children(n)[index] = new_child;
-                if (!child_owned) release(child);
-                if (pass_up) {
-                    free_shell(n);
-                    return new_child;
-                }
-                return inline_owned_singleton(n, shift, owner, bit, new_child);
-            }
-            node_guard singleton{new_child};
-            if (pass_up) return singleton.hand_over();
-            entry_type tmp(entries(new_child)[0]);
-            return replace_slot(n, false, owner, bit, slot_kind::entry, &tmp, nullptr);
+            assert(new_child && !is_singleton(new_child));
+            return install_child(n, owned, owner, bit, index, child, child_owned, new_child);
         }
         if (n->datamap & bit) {
             const unsigned index = slot_index(n->datamap, bit);
             if (!entry_matches(entries(n)[index], hash, key)) return n;
             removed = true;
             if (n->nodemap == 0 && popcount(n->datamap) == 1) {
-                // Below the root only in a non-canonical trie; the parent then drops this
-                // node itself, so only the root is consumed here.
-                if (owned && shift == 0) {
+                assert(shift == 0);  // below the root a node holds at least two keys
+                if (owned) {
                     destroy_entry(entries(n)[0]);
                     free_shell(n);
                 }

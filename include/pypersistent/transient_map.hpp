@@ -83,20 +83,12 @@ public:
         if (!root_) return false;
         return erase_hashed(key, trie::hash_key(key));
     }
-    // Exceptions from Hash or KeyEqual leave the transient unchanged. If an allocation fails
-    // (std::bad_alloc), the contents and size stay right but the trie may have lost its
-    // canonical shape: discard the transient then (equality could report a false difference).
+    // Strong guarantee, like every operation: if anything throws, the transient is unchanged.
     bool erase_hashed(const K& key, hash_t hash) {
         if (!root_) return false;
         const bool root_owned = trie::owned_by(root_, owner_);
         bool removed = false;
-        try {
-            replace_root(trie::dissoc(root_, 0, hash, key, owner_, removed), root_owned);
-        } catch (...) {
-            // The key may already be gone from a node edited in place: recount.
-            if (removed) size_ = root_ ? trie::count(root_) : 0;
-            throw;
-        }
+        replace_root(trie::dissoc(root_, 0, hash, key, owner_, removed), root_owned);
         if (removed) --size_;
         return removed;
     }
