@@ -40,6 +40,7 @@
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -230,6 +231,27 @@ struct champ {
             Policy::retain(slot->second);
             ++placed_entries_;
         }
+        // Carries `count` slots of a node that is dismantled (`owned`: relocated) or kept (copied).
+        void carry_entries(entry_type* from, unsigned count, bool owned) {
+            if (owned) {
+                if constexpr (std::is_trivially_copyable<entry_type>::value) {
+                    if (count) std::memcpy(static_cast<void*>(entries_ + placed_entries_), from, count * sizeof(entry_type));
+                    placed_entries_ += count;
+                } else {
+                    for (unsigned i = 0; i < count; ++i) relocate_entry(from[i]);
+                }
+            } else {
+                for (unsigned i = 0; i < count; ++i) copy_entry(from[i]);
+            }
+        }
+        void carry_children(node* const* from, unsigned count, bool owned) noexcept {
+            if (owned) {
+                if (count) std::memcpy(children_ + placed_children_, from, count * sizeof(node*));
+                placed_children_ += count;
+            } else {
+                for (unsigned i = 0; i < count; ++i) share_child(from[i]);
+            }
+        }
         void share_child(node* c) noexcept {
             retain(c);
             children_[placed_children_++] = c;
@@ -313,38 +335,28 @@ struct champ {
         const std::uint32_t nodemap = (old->nodemap & ~bit) | (kind == slot_kind::child ? bit : 0);
         builder b(datamap, nodemap, false, owner);
 
+        // The slot's position among the old node's children and entries; the slots before it
+        // and after it are carried over unchanged.
         node** old_children = children(old);
-        unsigned oc = 0;
-        int dropped_child = -1;
-        for (std::uint32_t m = old->nodemap | nodemap; m; m &= m - 1) {
-            const std::uint32_t b_ = m & (0u - m);
-            if (b_ == bit) {
-                if (old->nodemap & bit) dropped_child = static_cast<int>(oc++);
-                if (kind == slot_kind::child) b.adopt_child(child_guard.hand_over());
-            } else if (owned) {
-                b.adopt_child(old_children[oc++]);
-            } else {
-                b.share_child(old_children[oc++]);
-            }
-        }
+        const unsigned child_count_old = child_count(old);
+        const unsigned child_at = slot_index(old->nodemap, bit);
+        const unsigned child_resume = child_at + ((old->nodemap & bit) ? 1 : 0);
         entry_type* old_entries = entries(old);
-        unsigned oe = 0;
-        int dropped_entry = -1;
-        for (std::uint32_t m = old->datamap | datamap; m; m &= m - 1) {
-            const std::uint32_t b_ = m & (0u - m);
-            if (b_ == bit) {
-                if (old->datamap & bit) dropped_entry = static_cast<int>(oe++);
-                if (kind == slot_kind::entry) b.adopt_temporary(*tmp);
-            } else if (owned) {
-                b.relocate_entry(old_entries[oe++]);
-            } else {
-                b.copy_entry(old_entries[oe++]);
-            }
-        }
+        const unsigned entry_count_old = popcount(old->datamap);
+        const unsigned entry_at = slot_index(old->datamap, bit);
+        const unsigned entry_resume = entry_at + ((old->datamap & bit) ? 1 : 0);
+
+        b.carry_children(old_children, child_at, owned);
+        if (kind == slot_kind::child) b.adopt_child(child_guard.hand_over());
+        b.carry_children(old_children + child_resume, child_count_old - child_resume, owned);
+        b.carry_entries(old_entries, entry_at, owned);
+        if (kind == slot_kind::entry) b.adopt_temporary(*tmp);
+        b.carry_entries(old_entries + entry_resume, entry_count_old - entry_resume, owned);
+
         node* result = b.finish();
         if (owned) {
-            if (dropped_child >= 0) release(old_children[dropped_child]);
-            if (dropped_entry >= 0) destroy_entry(old_entries[dropped_entry]);
+            if (child_resume != child_at) release(old_children[child_at]);
+            if (entry_resume != entry_at) destroy_entry(old_entries[entry_at]);
             free_shell(old);
         }
         return result;

@@ -54,36 +54,52 @@ struct object_equal {
 // a node is half-moved. Edits therefore run inside a `deferred_releases` scope, and references
 // dropped meanwhile are released when the outermost scope on this thread ends.
 struct deferred_releases {
-    deferred_releases() noexcept { ++depth(); }
+    deferred_releases() noexcept : state_(state()) { ++state_.depth; }
     ~deferred_releases() {
-        if (--depth() != 0) return;
-        while (!pending().empty()) {
-            std::vector<PyObject*> batch;
-            batch.swap(pending());
-            for (PyObject* o : batch) Py_DECREF(o);
+        if (--state_.depth != 0) return;
+        while (state_.pending) {
+            std::vector<PyObject*>* batch = state_.pending;
+            state_.pending = nullptr;
+            for (PyObject* o : *batch) Py_DECREF(o);
+            delete batch;
         }
     }
     deferred_releases(const deferred_releases&) = delete;
     deferred_releases& operator=(const deferred_releases&) = delete;
 
-    static bool active() noexcept { return depth() > 0; }
-    static void defer(PyObject* o) noexcept {
+    // Py_DECREF now, or at the end of the outermost scope if one is open on this thread.
+    static void release(PyObject* o) noexcept {
+        per_thread& s = state();
+        if (s.depth == 0) {
+            Py_DECREF(o);
+            return;
+        }
         try {
-            pending().push_back(o);
+            if (!s.pending) s.pending = new std::vector<PyObject*>();
+            s.pending->push_back(o);
         } catch (...) {
             Py_DECREF(o);  // out of memory: release now rather than leak
         }
     }
 
 private:
-    static int& depth() noexcept {
-        static thread_local int value = 0;
+    // Trivial, so the thread-local needs no constructor guard and no exit hook, and (on ELF)
+    // the initial-exec model makes each access one load instead of a __tls_get_addr call:
+    // every Py_DECREF of a key or value goes through here. It costs 16 bytes of the static TLS
+    // space that glibc reserves for modules loaded later.
+    struct per_thread {
+        int depth;
+        std::vector<PyObject*>* pending;  // allocated only while something is deferred
+    };
+    static per_thread& state() noexcept {
+#if defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+        static thread_local per_thread value __attribute__((tls_model("initial-exec"))) = {0, nullptr};
+#else
+        static thread_local per_thread value = {0, nullptr};
+#endif
         return value;
     }
-    static std::vector<PyObject*>& pending() noexcept {
-        static thread_local std::vector<PyObject*> value;
-        return value;
-    }
+    per_thread& state_;
 };
 
 // Keys and values are strong references: one per stored copy. Full hashes are cached in the
@@ -107,13 +123,7 @@ struct object_policy : pypersistent::default_policy {
 #endif
     static constexpr bool cache_hash = true;
     static void retain(PyObject* const& o) noexcept { Py_INCREF(o); }
-    static void release(PyObject* const& o) noexcept {
-        if (deferred_releases::active()) {
-            deferred_releases::defer(o);
-        } else {
-            Py_DECREF(o);
-        }
-    }
+    static void release(PyObject* const& o) noexcept { deferred_releases::release(o); }
     static bool same_value(PyObject* a, PyObject* b) noexcept { return a == b; }
 };
 
