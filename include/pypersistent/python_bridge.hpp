@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -124,6 +125,18 @@ struct object_policy : pypersistent::default_policy {
     static constexpr bool cache_hash = true;
     static void retain(PyObject* const& o) noexcept { Py_INCREF(o); }
     static void release(PyObject* const& o) noexcept { deferred_releases::release(o); }
+    // Nodes come from Python's own allocator (pymalloc, or mimalloc on free-threaded builds),
+    // which serves the bursts of small same-sized blocks that path copies make and drop much
+    // faster than malloc: `m.update(u)` with 1,000 keys on a 100K map went from 216 to 150 ns
+    // per key, one-key variants of a 1M map from 340 to 280 ns. Its rule is the rule for the
+    // keys and values already: a thread state of the map's interpreter is attached whenever a
+    // node is made or freed (python_map attaches one before it drops a last reference).
+    static void* allocate(std::size_t bytes) {
+        void* p = PyMem_Malloc(bytes);
+        if (!p) throw std::bad_alloc();
+        return p;
+    }
+    static void deallocate(void* p, std::size_t) noexcept { PyMem_Free(p); }
     static bool same_value(PyObject* a, PyObject* b) noexcept { return a == b; }
 };
 
