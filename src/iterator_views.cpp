@@ -216,7 +216,9 @@ PyGetSetDef view_getset[] = {
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
-PyType_Slot keys_slots[] = {
+// Keys and items views are set-like and differ only in membership.
+template <int (*Contains)(PyObject*, PyObject*)>
+PyType_Slot set_view_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void*>(view_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(view_traverse)},
     {Py_tp_iter, reinterpret_cast<void*>(view_iter)},
@@ -225,24 +227,7 @@ PyType_Slot keys_slots[] = {
     {Py_tp_methods, set_view_methods},
     {Py_tp_getset, view_getset},
     {Py_sq_length, reinterpret_cast<void*>(view_length)},
-    {Py_sq_contains, reinterpret_cast<void*>(keys_contains)},
-    {Py_nb_and, reinterpret_cast<void*>(view_and)},
-    {Py_nb_or, reinterpret_cast<void*>(view_or)},
-    {Py_nb_subtract, reinterpret_cast<void*>(view_sub)},
-    {Py_nb_xor, reinterpret_cast<void*>(view_xor)},
-    {0, nullptr},
-};
-
-PyType_Slot items_slots[] = {
-    {Py_tp_dealloc, reinterpret_cast<void*>(view_dealloc)},
-    {Py_tp_traverse, reinterpret_cast<void*>(view_traverse)},
-    {Py_tp_iter, reinterpret_cast<void*>(view_iter)},
-    {Py_tp_repr, reinterpret_cast<void*>(view_repr)},
-    {Py_tp_richcompare, reinterpret_cast<void*>(view_richcompare)},
-    {Py_tp_methods, set_view_methods},
-    {Py_tp_getset, view_getset},
-    {Py_sq_length, reinterpret_cast<void*>(view_length)},
-    {Py_sq_contains, reinterpret_cast<void*>(items_contains)},
+    {Py_sq_contains, reinterpret_cast<void*>(Contains)},
     {Py_nb_and, reinterpret_cast<void*>(view_and)},
     {Py_nb_or, reinterpret_cast<void*>(view_or)},
     {Py_nb_subtract, reinterpret_cast<void*>(view_sub)},
@@ -294,10 +279,10 @@ PyObject* make_view(PyTypeObject* type, MapObject* map) {
 PyType_Spec iterator_spec = {"pypersistent.PersistentMapIterator", static_cast<int>(sizeof(IteratorObject)), 0,
                              view_flags, iterator_slots};
 PyType_Spec keys_spec = {"pypersistent.PersistentMapKeys", static_cast<int>(sizeof(ViewObject)), 0, view_flags,
-                         keys_slots};
+                         set_view_slots<keys_contains>};
 PyType_Spec values_spec = {"pypersistent.PersistentMapValues", static_cast<int>(sizeof(ViewObject)), 0, view_flags,
                            values_slots};
 PyType_Spec items_spec = {"pypersistent.PersistentMapItems", static_cast<int>(sizeof(ViewObject)), 0, view_flags,
-                          items_slots};
+                          set_view_slots<items_contains>};
 
 }  // namespace pypersistent::python
