@@ -34,6 +34,8 @@
 #include <pypersistent/atom.hpp>
 #include <pypersistent/pypersistent.hpp>
 
+#include "counting_policy.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -143,23 +145,11 @@ struct rng {
     std::uint32_t below(std::uint32_t n) { return static_cast<std::uint32_t>(next() % n); }
 };
 
-// ---- counting node policy ---------------------------------------------------------------------
+// ---- counting node policy (counting_policy.hpp) ----------------------------------------------
 
-std::atomic<std::int64_t> g_live_nodes{0};
-std::atomic<std::uint64_t> g_node_allocations{0};
-
-struct counting_policy : pp::default_policy {
-    static void* allocate(std::size_t bytes) {
-        void* p = ::operator new(bytes);
-        g_live_nodes.fetch_add(1, std::memory_order_relaxed);
-        g_node_allocations.fetch_add(1, std::memory_order_relaxed);
-        return p;
-    }
-    static void deallocate(void* p, std::size_t) noexcept {
-        g_live_nodes.fetch_sub(1, std::memory_order_relaxed);
-        ::operator delete(p);
-    }
-};
+using stress::counting_policy;
+using stress::g_live_nodes;
+using stress::g_size_mismatches;
 
 using map_t = pp::persistent_map<std::uint64_t, std::uint64_t, std::hash<std::uint64_t>, std::equal_to<std::uint64_t>,
                                  std::equal_to<std::uint64_t>, counting_policy>;
@@ -685,12 +675,14 @@ int main(int argc, char** argv) {
     phase_shared_cell();
     std::fflush(stdout);
     phase_hammer();
+    CHECK(g_size_mismatches.load() == 0, "%" PRIu64 " node deallocations were given a size other than the allocated one",
+          g_size_mismatches.load());
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     g_checks.fetch_add(std::exchange(t_checks, 0), std::memory_order_relaxed);
     const std::uint64_t failures = g_failures.load();
     std::printf("cpp_atom_stress: %s: %" PRIu64 " checks, %" PRIu64 " failures, %" PRIu64
                 " map nodes allocated (0 alive), %.2f s\n",
-                failures ? "FAILED" : "OK", g_checks.load(), failures, g_node_allocations.load(), seconds);
+                failures ? "FAILED" : "OK", g_checks.load(), failures, stress::g_total_allocations.load(), seconds);
     return failures ? 1 : 0;
 }

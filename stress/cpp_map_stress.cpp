@@ -33,6 +33,8 @@
 
 #include <pypersistent/pypersistent.hpp>
 
+#include "counting_policy.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -88,40 +90,14 @@ void report_failure(const char* file, int line, const char* fmt, ...) {
         if (!(cond)) report_failure(__FILE__, __LINE__, __VA_ARGS__);     \
     } while (0)
 
-// ---- counting policy ------------------------------------------------------------------------
+// ---- counting policy (counting_policy.hpp) ---------------------------------------------------
 
-std::atomic<std::int64_t> g_live_nodes{0};
-std::atomic<std::int64_t> g_live_bytes{0};
-std::atomic<std::uint64_t> g_total_allocations{0};
-std::atomic<std::uint64_t> g_size_mismatches{0};
-
-// Counts every node allocation. Each block carries a small header with the requested size, so a
-// deallocate given a different size than the allocation (a node_bytes() mismatch) is caught.
-struct counting_policy : pp::default_policy {
-    static constexpr std::size_t header = 16;  // keeps operator new's alignment for the node
-
-    static void* allocate(std::size_t bytes) {
-        void* raw = ::operator new(bytes + header);
-        std::memcpy(raw, &bytes, sizeof bytes);
-        g_live_nodes.fetch_add(1, std::memory_order_relaxed);
-        g_live_bytes.fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
-        g_total_allocations.fetch_add(1, std::memory_order_relaxed);
-        return static_cast<char*>(raw) + header;
-    }
-    static void deallocate(void* p, std::size_t bytes) noexcept {
-        char* raw = static_cast<char*>(p) - header;
-        std::size_t allocated = 0;
-        std::memcpy(&allocated, raw, sizeof allocated);
-        if (allocated != bytes) g_size_mismatches.fetch_add(1, std::memory_order_relaxed);
-        g_live_nodes.fetch_sub(1, std::memory_order_relaxed);
-        g_live_bytes.fetch_sub(static_cast<std::int64_t>(allocated), std::memory_order_relaxed);
-        ::operator delete(raw);
-    }
-};
-
-struct counting_cached_policy : counting_policy {
-    static constexpr bool cache_hash = true;
-};
+using stress::counting_cached_policy;
+using stress::counting_policy;
+using stress::g_live_bytes;
+using stress::g_live_nodes;
+using stress::g_size_mismatches;
+using stress::g_total_allocations;
 
 // ---- keys, hashes and values ----------------------------------------------------------------
 
