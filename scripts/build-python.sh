@@ -88,6 +88,9 @@ requirements=(
     # crates.io, which is unreachable here. This is the last pure-Python one.
     hypothesis==6.155.2
     pytest-run-parallel
+    # tests/test_typing.py skips without it. Releases after 1.18.2 need librt,
+    # which has no free-threaded wheel, so pip would backtrack to this anyway.
+    mypy==1.18.2
     'pybind11>=3'
     scikit-build-core
     cmake

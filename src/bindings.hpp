@@ -82,6 +82,17 @@ struct ViewObject {
     MapObject* map;
 };
 
+// PyObject_Hash of a key, reading an exact str's cached hash directly as dict does (one
+// indirect call less per lookup). The field is written once by whichever thread hashes the
+// string first, hence the relaxed atomic load.
+inline Py_hash_t key_hash(PyObject* key) {
+    if (PyUnicode_CheckExact(key)) {
+        const Py_hash_t cached = __atomic_load_n(&reinterpret_cast<PyASCIIObject*>(key)->hash, __ATOMIC_RELAXED);
+        if (cached != -1) return cached;
+    }
+    return PyObject_Hash(key);
+}
+
 // Runs `body`, turning the C++ exceptions that may cross the trie back into Python errors.
 template <class F>
 PyObject* guarded(F&& body) {

@@ -112,7 +112,7 @@ int keys_contains(PyObject* self, PyObject* key) {
 int items_contains(PyObject* self, PyObject* item) {
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) return 0;
     PyObject* key = PyTuple_GET_ITEM(item, 0);
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return -1;
     try {
         PyObject* const* v = as_view(self)->map->map.find_hashed(key, to_trie_hash(h));

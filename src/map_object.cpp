@@ -49,7 +49,7 @@ void map_dealloc(PyObject* self);
 Py_ssize_t map_length(PyObject* self) { return static_cast<Py_ssize_t>(as_map(self)->map.size()); }
 
 PyObject* map_subscript(PyObject* self, PyObject* key) {
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return nullptr;
     return guarded([&]() -> PyObject* {
         PyObject* const* v = as_map(self)->map.find_hashed(key, to_trie_hash(h));
@@ -62,7 +62,7 @@ PyObject* map_subscript(PyObject* self, PyObject* key) {
 }
 
 int map_contains(PyObject* self, PyObject* key) {
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return -1;
     try {
         return as_map(self)->map.find_hashed(key, to_trie_hash(h)) != nullptr;
@@ -208,13 +208,13 @@ PyObject* map_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         PyErr_Format(PyExc_TypeError, "assoc() takes exactly 2 arguments (%zd given)", nargs);
         return nullptr;
     }
-    const Py_hash_t h = PyObject_Hash(args[0]);
+    const Py_hash_t h = key_hash(args[0]);
     if (h == -1) return nullptr;
     return guarded([&] { return map_or_self(self, as_map(self)->map.set_hashed(args[0], args[1], to_trie_hash(h))); });
 }
 
 PyObject* map_dissoc(PyObject* self, PyObject* key) {
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return nullptr;
     return guarded([&] { return map_or_self(self, as_map(self)->map.erase_hashed(key, to_trie_hash(h))); });
 }
@@ -224,7 +224,7 @@ PyObject* map_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
         return nullptr;
     }
-    const Py_hash_t h = PyObject_Hash(args[0]);
+    const Py_hash_t h = key_hash(args[0]);
     if (h == -1) return nullptr;
     return guarded([&]() -> PyObject* {
         PyObject* const* v = as_map(self)->map.find_hashed(args[0], to_trie_hash(h));
@@ -348,7 +348,7 @@ PyObject* map_fromkeys(PyObject* cls, PyObject* const* args, Py_ssize_t nargs) {
     PyObject* result = guarded([&]() -> PyObject* {
         object_transient t;
         while (PyObject* key = PyIter_Next(it)) {
-            const Py_hash_t h = PyObject_Hash(key);
+            const Py_hash_t h = key_hash(key);
             if (h == -1) {
                 Py_DECREF(key);
                 return nullptr;
@@ -451,7 +451,7 @@ void map_dealloc(PyObject* self) {
 // ---- filling a transient from Python input ---------------------------------------------------
 
 bool add_pair(object_transient& t, PyObject* key, PyObject* value) {
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return false;
     t.set_hashed(key, value, to_trie_hash(h));
     return true;

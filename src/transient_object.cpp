@@ -42,7 +42,7 @@ R locked(PyObject* self, R failed, F&& body) {
 }
 
 bool set_item(object_transient& t, PyObject* key, PyObject* value) {
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return false;
     t.set_hashed(key, value, to_trie_hash(h));
     return true;
@@ -50,13 +50,13 @@ bool set_item(object_transient& t, PyObject* key, PyObject* value) {
 
 // 1 removed, 0 absent, -1 error
 int erase_item(object_transient& t, PyObject* key) {
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return -1;
     return t.erase_hashed(key, to_trie_hash(h)) ? 1 : 0;
 }
 
 PyObject* lookup(object_transient& t, PyObject* key, PyObject* fallback) {
-    const Py_hash_t h = PyObject_Hash(key);
+    const Py_hash_t h = key_hash(key);
     if (h == -1) return nullptr;
     PyObject* const* v = t.find_hashed(key, to_trie_hash(h));
     if (v) return Py_NewRef(*v);
@@ -84,7 +84,7 @@ int transient_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
 
 int transient_contains(PyObject* self, PyObject* key) {
     return locked<int>(self, -1, [&](object_transient& t) -> int {
-        const Py_hash_t h = PyObject_Hash(key);
+        const Py_hash_t h = key_hash(key);
         if (h == -1) return -1;
         return t.find_hashed(key, to_trie_hash(h)) != nullptr;
     });
