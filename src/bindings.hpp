@@ -90,6 +90,8 @@ inline Py_hash_t key_hash(PyObject* key) {
         const Py_hash_t cached = __atomic_load_n(&reinterpret_cast<PyASCIIObject*>(key)->hash, __ATOMIC_RELAXED);
         if (cached != -1) return cached;
     }
+    // PyObject_Hash minus its own frame; a type without tp_hash goes the long way.
+    if (hashfunc hash = Py_TYPE(key)->tp_hash) return hash(key);
     return PyObject_Hash(key);
 }
 
