@@ -145,6 +145,7 @@ struct champ {
     }
 
     static bool entry_matches(const entry_type& e, hash_t hash, const K& key) {
+        if (Policy::identical_key(e.first, key)) return true;
         if constexpr (Policy::cache_hash) {
             if (e.hash != hash) return false;
         }

@@ -82,6 +82,13 @@ struct default_policy {
         }
     }
 
+    // Whether two stored keys are known to be equal without calling KeyEqual (identity of
+    // handles, as dict checks it first). Never for plain values: false is always correct.
+    template <class K>
+    static constexpr bool identical_key(const K&, const K&) noexcept {
+        return false;
+    }
+
     static void* allocate(std::size_t bytes) { return ::operator new(bytes); }
     static void deallocate(void* p, std::size_t) noexcept { ::operator delete(p); }
 

@@ -138,6 +138,8 @@ struct object_policy : pypersistent::default_policy {
     }
     static void deallocate(void* p, std::size_t) noexcept { PyMem_Free(p); }
     static bool same_value(PyObject* a, PyObject* b) noexcept { return a == b; }
+    // dict's order too: the same object is the same key, before hashes are compared.
+    static constexpr bool identical_key(PyObject* a, PyObject* b) noexcept { return a == b; }
 };
 
 using object_map = pypersistent::persistent_map<PyObject*, PyObject*, object_hash, object_equal, object_equal, object_policy>;
