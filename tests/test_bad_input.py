@@ -258,6 +258,39 @@ def test_eq_returning_not_implemented_falls_back_to_identity():
     assert set(m) == set(keys)
 
 
+def test_key_identity_decides_before_hash_and_eq_like_dict():
+    # NaN is not equal to itself: like dict, a map finds the very same NaN object by identity,
+    # and another NaN object is a different key.
+    nan = float("nan")
+    m = PersistentMap({nan: 1, "x": 2})
+    d = {nan: 1, "x": 2}
+    assert m[nan] == d[nan] == 1
+    assert nan in m
+    other = float("nan")
+    assert other not in m and other not in d
+    assert m.set(other, 3)[other] == 3 and len(m.set(other, 3)) == 3
+    assert m.set(nan, 5)[nan] == 5 and len(m.set(nan, 5)) == 2
+    assert nan not in m.dissoc(nan)
+
+    # A key whose hash changed after it was stored is still found through its identity when
+    # the new hash leads to the same slot (dict does the same).
+    class Shifting:
+        def __init__(self):
+            self.h = 8
+
+        def __hash__(self):
+            return self.h
+
+        def __eq__(self, other):
+            raise AssertionError("identity must decide before __eq__")
+
+    k = Shifting()
+    m = PersistentMap({k: "v"})
+    d = {k: "v"}
+    k.h = 8 + (1 << 40)  # same low bits: same slot of a one-entry map and of the dict
+    assert m[k] == d[k] == "v"
+
+
 def test_keys_of_types_that_refuse_comparison_with_each_other():
     # int, str, bytes, tuples, None and frozensets: heterogeneous keys whose __eq__
     # returns NotImplemented against each other.
