@@ -2,8 +2,8 @@
 # The project's whole test run, as CI does it: C++ unit tests and stress (plain, TSan,
 # ASan/UBSan), the pytest suite on the default Python and on free-threaded 3.13t (also with
 # every test on several threads at once), the Python stress suite on 3.13t and under a TSan
-# interpreter, the C++ host examples (embedding included), and a smoke test on the other GIL
-# Pythons pyenv provides.
+# interpreter, the C++ host examples (embedding included), a smoke test on the other GIL
+# Pythons pyenv provides, and an editable install (`pip install -e .`).
 #
 #   bash scripts/test.sh            # everything, short stress modes (CI)
 #   bash scripts/test.sh --long     # the same with the long stress modes
@@ -88,5 +88,23 @@ for v in 3.10 3.12 3.13; do
     "$venv/bin/python" examples/demo.py >/dev/null
     (cd tests && "../$venv/bin/python" -m pytest -q -p no:cacheprovider test_api.py test_protocols.py test_transient.py) | tail -n 1
 done
+
+step "editable install (pip install -e .) on the default Python: imports come from the source tree"
+editable_venv=build/venv-editable
+[ -x "$editable_venv/bin/python" ] || python3 -m venv "$editable_venv"
+"$editable_venv/bin/python" -m pip install -q -e . pytest
+(cd tests && "../$editable_venv/bin/python" - "$root" <<'PY'
+import sys
+import pypersistent
+from persistent_map_cpp import PersistentMap as Seed
+from pypersistent import PersistentMap
+root = sys.argv[1]
+assert pypersistent.__file__.startswith(root + "/python/pypersistent/"), pypersistent.__file__
+assert Seed is PersistentMap
+assert PersistentMap({"a": 1}).set("b", 2) == {"a": 1, "b": 2}
+print("editable install: pypersistent from", pypersistent.__file__)
+PY
+)
+(cd tests && "../$editable_venv/bin/python" -m pytest -q -p no:cacheprovider test_api.py test_transient.py) | tail -n 1
 
 step "all passed in $(( $(date +%s) - started ))s"
