@@ -34,7 +34,7 @@
 #include <pypersistent/atom.hpp>
 #include <pypersistent/pypersistent.hpp>
 
-#include "counting_policy.hpp"
+#include "stress_support.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -71,32 +71,10 @@ struct config {
     bool verbose = false;
 } g_cfg;
 
-std::atomic<std::uint64_t> g_failures{0};
-std::atomic<std::uint64_t> g_checks{0};
-thread_local std::uint64_t t_checks = 0;  // added to g_checks when a thread ends
-std::mutex g_print_mutex;
-constexpr std::uint64_t max_printed_failures = 25;
-
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((format(printf, 3, 4)))
-#endif
-void report_failure(const char* file, int line, const char* fmt, ...) {
-    const std::uint64_t n = g_failures.fetch_add(1, std::memory_order_relaxed);
-    if (n >= max_printed_failures) return;
-    std::lock_guard<std::mutex> lock(g_print_mutex);
-    std::fprintf(stderr, "FAILED %s:%d: ", file, line);
-    va_list ap;
-    va_start(ap, fmt);
-    std::vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    std::fputc('\n', stderr);
-}
-
-#define CHECK(cond, ...)                                                  \
-    do {                                                                  \
-        ++t_checks;                                                       \
-        if (!(cond)) report_failure(__FILE__, __LINE__, __VA_ARGS__);     \
-    } while (0)
+using stress::g_checks;
+using stress::g_failures;
+using stress::parse_number;
+using stress::t_checks;
 
 // Starts every thread at once (a spin on an atomic flag: the threads are all running before any
 // of them starts working), joins them, and turns exceptions into failures.
@@ -145,7 +123,7 @@ struct rng {
     std::uint32_t below(std::uint32_t n) { return static_cast<std::uint32_t>(next() % n); }
 };
 
-// ---- counting node policy (counting_policy.hpp) ----------------------------------------------
+// ---- counting node policy (stress_support.hpp) ----------------------------------------------
 
 using stress::counting_policy;
 using stress::g_live_nodes;
@@ -614,16 +592,6 @@ void phase_hammer() {
     std::exit(2);
 }
 
-std::uint64_t parse_number(const char* argv0, const char* flag, const char* s) {
-    char* end = nullptr;
-    errno = 0;
-    const unsigned long long v = std::strtoull(s, &end, 0);
-    if (errno != 0 || end == s || *end != '\0' || s[0] == '-') {
-        std::fprintf(stderr, "%s: bad number for %s: %s\n", argv0, flag, s);
-        std::exit(2);
-    }
-    return v;
-}
 
 }  // namespace
 

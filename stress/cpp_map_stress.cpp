@@ -33,7 +33,7 @@
 
 #include <pypersistent/pypersistent.hpp>
 
-#include "counting_policy.hpp"
+#include "stress_support.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -60,37 +60,14 @@ namespace pp = pypersistent;
 
 namespace {
 
-// ---- failure reporting ----------------------------------------------------------------------
+// ---- failure reporting (stress_support.hpp) -----------------------------------------------
 
-std::atomic<std::uint64_t> g_failures{0};
-std::atomic<std::uint64_t> g_checks{0};
-thread_local std::uint64_t t_checks = 0;  // added to g_checks when a thread ends
-std::mutex g_print_mutex;
-constexpr std::uint64_t max_printed_failures = 25;
+using stress::g_checks;
+using stress::g_failures;
+using stress::parse_number;
+using stress::t_checks;
 
-#if defined(__GNUC__) || defined(__clang__)
-__attribute__((format(printf, 3, 4)))
-#endif
-void report_failure(const char* file, int line, const char* fmt, ...) {
-    const std::uint64_t n = g_failures.fetch_add(1, std::memory_order_relaxed);
-    if (n >= max_printed_failures) return;
-    std::lock_guard<std::mutex> lock(g_print_mutex);
-    std::fprintf(stderr, "FAILED %s:%d: ", file, line);
-    va_list ap;
-    va_start(ap, fmt);
-    std::vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    std::fputc('\n', stderr);
-    if (n + 1 == max_printed_failures) std::fprintf(stderr, "(further failures are counted, not printed)\n");
-}
-
-#define CHECK(cond, ...)                                                  \
-    do {                                                                  \
-        ++t_checks;                                                       \
-        if (!(cond)) report_failure(__FILE__, __LINE__, __VA_ARGS__);     \
-    } while (0)
-
-// ---- counting policy (counting_policy.hpp) ---------------------------------------------------
+// ---- counting policy (stress_support.hpp) ---------------------------------------------------
 
 using stress::counting_cached_policy;
 using stress::counting_policy;
@@ -806,16 +783,6 @@ private:
     std::exit(2);
 }
 
-std::uint64_t parse_number(const char* argv0, const char* flag, const char* s) {
-    char* end = nullptr;
-    errno = 0;
-    const unsigned long long v = std::strtoull(s, &end, 0);
-    if (errno != 0 || end == s || *end != '\0') {
-        std::fprintf(stderr, "%s: bad number for %s: %s\n", argv0, flag, s);
-        std::exit(2);
-    }
-    return v;
-}
 
 }  // namespace
 
