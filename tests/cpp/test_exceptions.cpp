@@ -313,6 +313,17 @@ Map build(const model_t& model) {
     return t.persistent();
 }
 
+// A transient holding `model`: either on the nodes of `base` (a persistent map with the same
+// contents), shared, or on nodes it made itself and owns.
+template <class Map>
+typename Map::transient_type transient_of(const Map& base, const model_t& model, bool owned) {
+    inject::pause no_injection;
+    if (!owned) return base.transient();
+    typename Map::transient_type t;
+    for (const auto& kv : model) t.set(key_h(kv.first), val_h(kv.second));
+    return t;
+}
+
 struct net_state {
     long nodes = node_counts::live_nodes;
     long bytes = node_counts::live_bytes;
@@ -759,13 +770,7 @@ TYPED_TEST(ExceptionSweep, EveryInjectionPoint) {
                 // transient set, on shared nodes and on nodes the transient owns
                 for (bool owned : {false, true}) {
                     points += sw::sweep(
-                        [&] {
-                            inject::pause no_injection;
-                            if (!owned) return base.transient();
-                            transient t;
-                            for (const auto& kv : base_model) t.set(key_h(kv.first), val_h(kv.second));
-                            return t;
-                        },
+                        [&] { return transient_of(base, base_model, owned); },
                         [&](transient& t) { t.set(key_h(k), val_h(v)); },
                         [&](transient& t, source s, const net_state& before) {
                             EXPECT_TRUE(equals_model(t, base_model)) << "transient set, " << source_names[s];
@@ -780,13 +785,7 @@ TYPED_TEST(ExceptionSweep, EveryInjectionPoint) {
                                 });
             for (bool owned : {false, true}) {
                 points += sw::sweep(
-                    [&] {
-                        inject::pause no_injection;
-                        if (!owned) return base.transient();
-                        transient t;
-                        for (const auto& kv : base_model) t.set(key_h(kv.first), val_h(kv.second));
-                        return t;
-                    },
+                    [&] { return transient_of(base, base_model, owned); },
                     [&](transient& t) { t.erase(key_h(k)); },
                     [&](transient& t, source s, const net_state& before) {
                         EXPECT_TRUE(equals_model(t, base_model)) << "transient erase, " << source_names[s];
@@ -819,13 +818,7 @@ TYPED_TEST(ExceptionSweep, EveryInjectionPoint) {
                                 });
             for (bool owned : {false, true}) {
                 points += sw::sweep(
-                    [&] {
-                        inject::pause no_injection;
-                        if (!owned) return base.transient();
-                        transient t;
-                        for (const auto& kv : base_model) t.set(key_h(kv.first), val_h(kv.second));
-                        return t;
-                    },
+                    [&] { return transient_of(base, base_model, owned); },
                     [&](transient& t) { t.merge(other); },
                     [&](transient& t, source s, const net_state& before) {
                         EXPECT_TRUE(equals_model(t, base_model)) << "transient merge, " << source_names[s];
@@ -971,6 +964,7 @@ void sweep_pair_erases(const std::vector<pair_shape>& shapes) {
             EXPECT_TRUE(well_formed(p)) << shape.name;
             EXPECT_TRUE(p == m) << shape.name;
         }
+        const map shared_base = build<map>(shape.contents);
         for (unsigned src = 0; src < n_sources; ++src) {
             for (bool owned : {true, false}) {
                 const std::string where = std::string(shape.name) + ", " + source_names[src] +
@@ -978,13 +972,7 @@ void sweep_pair_erases(const std::vector<pair_shape>& shapes) {
                 inject::reset(1);
                 inject::enabled[src] = true;
                 failures += sweeper<map>::sweep(
-                    [&] {
-                        inject::pause no_injection;
-                        if (!owned) return build<map>(shape.contents).transient();
-                        transient t;
-                        for (const auto& kv : shape.contents) t.set(key_h(kv.first), val_h(kv.second));
-                        return t;
-                    },
+                    [&] { return transient_of(shared_base, shape.contents, owned); },
                     [&](transient& t) { t.erase(key_h(shape.erased)); },
                     [&](transient& t, source s, const net_state& before) {
                         EXPECT_EQ(s, static_cast<source>(src));
@@ -992,10 +980,10 @@ void sweep_pair_erases(const std::vector<pair_shape>& shapes) {
                         expect_intact<map>(t, shape.contents, where);
                     });
                 // the persistent erase: the old map is untouched
-                const map base = build<map>(shape.contents);
-                failures += sweeper<map>::sweep([&] { return map(base); }, [&](map& m) { m = m.erase(key_h(shape.erased)); },
+                failures += sweeper<map>::sweep([&] { return map(shared_base); },
+                                                [&](map& m) { m = m.erase(key_h(shape.erased)); },
                                                 [&](map& m, source, const net_state& before) {
-                                                    EXPECT_TRUE(m.identical(base)) << where;
+                                                    EXPECT_TRUE(m.identical(shared_base)) << where;
                                                     EXPECT_TRUE(net_state() == before) << where;
                                                 });
                 inject::reset(1);
