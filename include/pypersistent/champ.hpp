@@ -370,14 +370,9 @@ struct champ {
         const unsigned new_count = count - (skip != npos ? 1 : 0) + (tmp ? 1 : 0);
         builder b(new_count, 0, true, owner);
         entry_type* es = entries(old);
-        for (unsigned i = 0; i < count; ++i) {
-            if (i == skip) continue;
-            if (owned) {
-                b.relocate_entry(es[i]);
-            } else {
-                b.copy_entry(es[i]);
-            }
-        }
+        const unsigned kept_before = skip != npos ? skip : count;
+        b.carry_entries(es, kept_before, owned);
+        if (skip != npos) b.carry_entries(es + skip + 1, count - skip - 1, owned);
         if (tmp) b.adopt_temporary(*tmp);
         node* result = b.finish();
         if (owned) {
@@ -400,17 +395,11 @@ struct champ {
             return n;
         }
         builder b(n->datamap, n->nodemap, n->collision, owner);
-        const unsigned nc = child_count(n);
-        for (unsigned i = 0; i < nc; ++i) b.share_child(children(n)[i]);
-        const unsigned ne = entry_count(n);
-        const entry_type* es = entries(n);
-        for (unsigned i = 0; i < ne; ++i) {
-            if (i == index) {
-                b.new_entry(es[i].first, value, entry_hash_or_zero(es[i]));
-            } else {
-                b.copy_entry(es[i]);
-            }
-        }
+        b.carry_children(children(n), child_count(n), false);
+        entry_type* es = entries(n);
+        b.carry_entries(es, index, false);
+        b.new_entry(e.first, value, entry_hash_or_zero(e));
+        b.carry_entries(es + index + 1, entry_count(n) - index - 1, false);
         return b.finish();
     }
 
