@@ -82,14 +82,65 @@ struct ViewObject {
     MapObject* map;
 };
 
-// PyObject_Hash of a key, reading an exact str's cached hash directly as dict does (one
-// indirect call less per lookup). The field is written once by whichever thread hashes the
-// string first, hence the relaxed atomic load.
+// Python's hash of an exact int, computed here as long_hash does it (Objects/longobject.c):
+// the magnitude reduced modulo 2**61 - 1, sign kept, -1 mapped to -2. It must equal hash(key)
+// bit for bit, since 1, 1.0 and Fraction(1) are one key; tests/test_api.py pins that. Doing it
+// inline saves the indirect call into long_hash, and closed forms for up to three digits (every
+// int below 2**90) replace its loop of dependent steps. The PyLongObject layout is CPython's
+// non-limited API; 3.12 folded size and sign into lv_tag.
+inline Py_hash_t exact_int_hash(PyObject* key) noexcept {
+    const PyLongObject* v = reinterpret_cast<const PyLongObject*>(key);
+#if PY_VERSION_HEX >= 0x030C0000
+    const std::uintptr_t tag = v->long_value.lv_tag;
+    Py_ssize_t digits = static_cast<Py_ssize_t>(tag >> _PyLong_NON_SIZE_BITS);
+    const bool negative = (tag & _PyLong_SIGN_MASK) == 2;
+    const digit* d = v->long_value.ob_digit;
+#else
+    const Py_ssize_t size = Py_SIZE(v);
+    Py_ssize_t digits = size < 0 ? -size : size;
+    const bool negative = size < 0;
+    const digit* d = v->ob_digit;
+#endif
+    static_assert(PyLong_SHIFT == 30, "the closed forms below assume 30-bit digits");
+    constexpr unsigned modulus_bits = 61;
+    constexpr std::uint64_t modulus = (std::uint64_t(1) << modulus_bits) - 1;
+    std::uint64_t x;
+    if (digits <= 2) {
+        // Below 2**60 < modulus: the hash is the magnitude itself.
+        x = digits == 0 ? 0 : digits == 1 ? d[0] : d[0] | std::uint64_t(d[1]) << 30;
+    } else if (digits == 3) {
+        // high * 2**64 + low, and 2**64 = 8 (mod 2**61 - 1): two folds and a subtraction.
+        const std::uint64_t low = d[0] | std::uint64_t(d[1]) << 30 | std::uint64_t(d[2]) << 60;
+        const std::uint64_t high = d[2] >> 4;
+        x = (low & modulus) + (low >> modulus_bits) + (high << 3);
+        x = (x & modulus) + (x >> modulus_bits);
+        if (x >= modulus) x -= modulus;
+    } else {
+        x = 0;
+        while (--digits >= 0) {
+            x = ((x << PyLong_SHIFT) & modulus) | (x >> (modulus_bits - PyLong_SHIFT));
+            x += d[digits];
+            if (x >= modulus) x -= modulus;
+        }
+    }
+    if (negative) x = 0 - x;
+    if (x == std::uint64_t(-1)) x = std::uint64_t(-2);
+    return static_cast<Py_hash_t>(x);
+}
+
+// PyObject_Hash of a key. Exact str and int keys, the common ones, are hashed here: a str's
+// cached hash is read as dict reads it (a relaxed atomic load, because whichever thread hashes
+// the string first writes it); other keys call their type's tp_hash directly.
 inline Py_hash_t key_hash(PyObject* key) {
     if (PyUnicode_CheckExact(key)) {
         const Py_hash_t cached = __atomic_load_n(&reinterpret_cast<PyASCIIObject*>(key)->hash, __ATOMIC_RELAXED);
         if (cached != -1) return cached;
     }
+#if SIZEOF_VOID_P == 8
+    else if (PyLong_CheckExact(key)) {
+        return exact_int_hash(key);
+    }
+#endif
     // PyObject_Hash minus its own frame; a type without tp_hash goes the long way.
     if (hashfunc hash = Py_TYPE(key)->tp_hash) return hash(key);
     return PyObject_Hash(key);

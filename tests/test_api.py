@@ -305,6 +305,43 @@ def test_int_and_float_keys_are_the_same_key_like_dict():
     assert m2[1] == "float"
 
 
+def _ints_across_digit_boundaries():
+    # Ints of 0 to 5 internal 30-bit digits and both signs, around the values where hash()
+    # wraps (multiples of 2**61 - 1) or special-cases (-1 hashes to -2).
+    modulus = 2**61 - 1
+    picks = {0, 1, -1, 2, -2, 2**30 - 1, 2**30, 2**60, 2**61 - 2, modulus, modulus + 1, 2 * modulus - 1}
+    for shift in (29, 30, 31, 59, 60, 61, 62, 63, 64, 89, 90, 91, 120, 150):
+        picks.update({2**shift - 1, 2**shift, 2**shift + 1})
+    picks.update({-modulus * 5, -modulus * 5 - 1, -modulus * 5 + 1, -(2**150) + 12345})
+    rng = random.Random(7)
+    for bits in (8, 30, 31, 45, 60, 61, 62, 63, 64, 100, 150):
+        picks.update(rng.getrandbits(bits) for _ in range(40))
+    ints = sorted(picks | {-k for k in picks})
+    assert len(ints) > 800
+    return ints
+
+
+def test_int_keys_hash_like_python_so_equal_numbers_of_other_types_find_them():
+    # Exact ints are hashed by the extension itself (a fast path); the result must be hash(k)
+    # exactly, or Fraction(k), float(k) and True would miss keys that compare equal.
+    from fractions import Fraction
+
+    ints = _ints_across_digit_boundaries()
+    by_int = PersistentMap.fromkeys(ints, "int")
+    by_fraction = PersistentMap.fromkeys([Fraction(k) for k in ints], "fraction")
+    # Iteration follows the hashes, so equal hashes give the same order.
+    assert list(by_int) == list(by_fraction)
+    for k in ints:
+        assert by_int[Fraction(k)] == "int"
+        assert by_fraction[k] == "fraction"
+        assert Fraction(k) in by_int and k in by_fraction
+        if float(k) == k:
+            assert by_int[float(k)] == "int"
+    assert by_int.update(by_fraction) == by_fraction
+    assert all(v == "fraction" for v in by_int.update(by_fraction).values())
+    assert by_int[True] == "int" and by_int[False] == "int"
+
+
 def test_colliding_keys_basic():
     keys = [CollidingKey(i) for i in range(50)]
     m = PersistentMap()

@@ -106,6 +106,13 @@ struct champ {
             : refs(1), datamap(dm), nodemap(nm), collision(coll), owner(own) {}
     };
 
+    // A node's two maps, as copied out of a root that cannot change (an empty map: zeros).
+    struct node_maps {
+        std::uint32_t datamap = 0;
+        std::uint32_t nodemap = 0;
+    };
+    static node_maps maps_of(const node* n) noexcept { return n ? node_maps{n->datamap, n->nodemap} : node_maps{}; }
+
     // ---- layout -------------------------------------------------------------------------
 
     static constexpr std::size_t round_up(std::size_t n, std::size_t a) noexcept { return (n + a - 1) / a * a; }
@@ -124,6 +131,9 @@ struct champ {
     }
     static node* const* children(const node* n) noexcept {
         return reinterpret_cast<node* const*>(reinterpret_cast<const char*>(n) + header_bytes);
+    }
+    static const entry_type* entries_after(const node* n, unsigned children) noexcept {
+        return reinterpret_cast<const entry_type*>(reinterpret_cast<const char*>(n) + entries_offset(children));
     }
     static entry_type* entries(node* n) noexcept {
         return reinterpret_cast<entry_type*>(reinterpret_cast<char*>(n) + entries_offset(child_count(n)));
@@ -418,6 +428,18 @@ struct champ {
 
     static const entry_type* find(const node* root, hash_t hash, const K& key) {
         return root ? find_from(root, 0, hash, key) : nullptr;
+    }
+
+    // find() for a map that keeps a copy of its root's two maps beside the root pointer (see
+    // persistent_map): the first step tests them without loading the root's header.
+    static const entry_type* find(const node* root, node_maps root_maps, hash_t hash, const K& key) {
+        const std::uint32_t bit = std::uint32_t(1) << fragment(hash, 0);
+        if (root_maps.nodemap & bit) {
+            return find_from(children(root)[slot_index(root_maps.nodemap, bit)], bits_per_level, hash, key);
+        }
+        if (!(root_maps.datamap & bit)) return nullptr;
+        const entry_type& e = entries_after(root, popcount(root_maps.nodemap))[slot_index(root_maps.datamap, bit)];
+        return entry_matches(e, hash, key) ? &e : nullptr;
     }
 
     // ---- insert or assign ---------------------------------------------------------------

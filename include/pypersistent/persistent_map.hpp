@@ -38,12 +38,14 @@ public:
 
     persistent_map(std::initializer_list<std::pair<K, V>> items) : persistent_map(from_range(items.begin(), items.end())) {}
 
-    persistent_map(const persistent_map& other) noexcept : root_(other.root_), size_(other.size_) {
+    persistent_map(const persistent_map& other) noexcept
+        : root_(other.root_), size_(other.size_), root_maps_(other.root_maps_) {
         if (root_) trie::retain(root_);
     }
-    persistent_map(persistent_map&& other) noexcept : root_(other.root_), size_(other.size_) {
+    persistent_map(persistent_map&& other) noexcept : root_(other.root_), size_(other.size_), root_maps_(other.root_maps_) {
         other.root_ = nullptr;
         other.size_ = 0;
+        other.root_maps_ = {};
     }
     persistent_map& operator=(const persistent_map& other) noexcept {
         persistent_map(other).swap(*this);
@@ -58,6 +60,7 @@ public:
     void swap(persistent_map& other) noexcept {
         std::swap(root_, other.root_);
         std::swap(size_, other.size_);
+        std::swap(root_maps_, other.root_maps_);
     }
 
     size_type size() const noexcept { return size_; }
@@ -65,12 +68,12 @@ public:
 
     const V* find(const K& key) const {
         if (!root_) return nullptr;
-        const value_type* e = trie::find(root_, trie::hash_key(key), key);
+        const value_type* e = trie::find(root_, root_maps_, trie::hash_key(key), key);
         return e ? &e->second : nullptr;
     }
     // For callers that already hashed the key with Hash.
     const V* find_hashed(const K& key, hash_t hash) const {
-        const value_type* e = trie::find(root_, hash, key);
+        const value_type* e = trie::find(root_, root_maps_, hash, key);
         return e ? &e->second : nullptr;
     }
     bool contains(const K& key) const { return find(key) != nullptr; }
@@ -151,15 +154,20 @@ public:
         node_type* r = root_;
         root_ = nullptr;
         size_ = 0;
+        root_maps_ = {};
         return r;
     }
 
 private:
     friend transient_type;
-    persistent_map(node_type* root, size_type size) noexcept : root_(root), size_(size) {}
+    persistent_map(node_type* root, size_type size) noexcept : root_(root), size_(size), root_maps_(trie::maps_of(root)) {}
 
     node_type* root_ = nullptr;
     size_type size_ = 0;
+    // A copy of the root's datamap and nodemap (zeros for the empty map). The root never
+    // changes under a persistent map, and with the copy here a lookup's first step needs no
+    // load from the root's header: one dependent load less on the way to the entry.
+    typename trie::node_maps root_maps_{};
 };
 
 }  // namespace pypersistent
