@@ -88,6 +88,10 @@ struct ViewObject {
 // inline saves the indirect call into long_hash, and closed forms for up to three digits (every
 // int below 2**90) replace its loop of dependent steps. The PyLongObject layout is CPython's
 // non-limited API; 3.12 folded size and sign into lv_tag.
+// Only where the layout is known: 64-bit, 30-bit digits, CPython up to 3.14; elsewhere exact ints
+// take the generic path below.
+#if SIZEOF_VOID_P == 8 && PyLong_SHIFT == 30 && PY_VERSION_HEX < 0x030F0000 && !defined(PYPY_VERSION)
+#define PYPERSISTENT_INLINE_INT_HASH 1
 inline Py_hash_t exact_int_hash(PyObject* key) noexcept {
     const PyLongObject* v = reinterpret_cast<const PyLongObject*>(key);
 #if PY_VERSION_HEX >= 0x030C0000
@@ -101,7 +105,6 @@ inline Py_hash_t exact_int_hash(PyObject* key) noexcept {
     const bool negative = size < 0;
     const digit* d = v->ob_digit;
 #endif
-    static_assert(PyLong_SHIFT == 30, "the closed forms below assume 30-bit digits");
     constexpr unsigned modulus_bits = 61;
     constexpr std::uint64_t modulus = (std::uint64_t(1) << modulus_bits) - 1;
     std::uint64_t x;
@@ -127,6 +130,7 @@ inline Py_hash_t exact_int_hash(PyObject* key) noexcept {
     if (x == std::uint64_t(-1)) x = std::uint64_t(-2);
     return static_cast<Py_hash_t>(x);
 }
+#endif
 
 // PyObject_Hash of a key. Exact str and int keys, the common ones, are hashed here: a str's
 // cached hash is read as dict reads it (a relaxed atomic load, because whichever thread hashes
@@ -136,7 +140,7 @@ inline Py_hash_t key_hash(PyObject* key) {
         const Py_hash_t cached = __atomic_load_n(&reinterpret_cast<PyASCIIObject*>(key)->hash, __ATOMIC_RELAXED);
         if (cached != -1) return cached;
     }
-#if SIZEOF_VOID_P == 8
+#ifdef PYPERSISTENT_INLINE_INT_HASH
     else if (PyLong_CheckExact(key)) {
         return exact_int_hash(key);
     }
