@@ -9,11 +9,11 @@ simulator cannot see (hardware prefetchers, misses overlapping in an out-of-orde
 explain the timings; they do not replace them.
 
 Each (library, size, key type, operation) runs in its own valgrind process twice, with 1 and
-with 3 passes over the probe keys; the difference, divided by the 2n extra lookups, is the cost
+with 3 passes over the probe keys (the keys of bench_peers.py); the difference, divided by the 2n extra lookups, is the cost
 of one lookup with the setup (building keys and maps) cancelled out.
 
-  python benchmarks/bench_lookup_cachesim.py                  # 1K and 100K, int and str keys (~4 min)
-  python benchmarks/bench_lookup_cachesim.py --sizes 1000000  # ~5 min more
+  python benchmarks/bench_lookup_cachesim.py                  # 1K and 100K, int and str keys (~5 min)
+  python benchmarks/bench_lookup_cachesim.py --sizes 1000000  # far longer: valgrind runs each setup twice
   python benchmarks/bench_lookup_cachesim.py --output benchmarks/results/lookup_cachesim.md
 
 Needs valgrind (Debian: `apt-get install valgrind`). The last-level cache simulated is by default
@@ -33,16 +33,12 @@ import sys
 import tempfile
 
 CHILD = r"""
-import random, sys
-lib, n, kind, op, passes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-rng = random.Random(1)
-keys = [rng.getrandbits(62) for _ in range(n)]
-absent = [rng.getrandbits(62) for _ in range(n)]
-if kind == "str":
-    keys = ["k%x" % k for k in keys]
-    absent = ["m%x" % k for k in absent]
-for k in keys + absent:
-    hash(k)
+import sys
+bench_dir, lib, n, kind, op, passes = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])
+sys.path.insert(0, bench_dir)
+from bench_peers import make_keys  # the peers benchmark's keys: same scheme, hit and miss halves distinct
+
+keys, absent, rng = make_keys(n, kind)
 d = {k: k for k in keys}
 if lib == "PersistentMap":
     from pypersistent import PersistentMap
@@ -88,8 +84,9 @@ def run_cachegrind(python: str, child: str, args: list[str], ll: str) -> dict[st
 
 
 def per_lookup(python: str, child: str, lib: str, n: int, kind: str, op: str, ll: str) -> dict[str, float]:
-    one = run_cachegrind(python, child, [lib, str(n), kind, op, "1"], ll)
-    three = run_cachegrind(python, child, [lib, str(n), kind, op, "3"], ll)
+    args = [os.path.dirname(os.path.abspath(__file__)), lib, str(n), kind, op]
+    one = run_cachegrind(python, child, [*args, "1"], ll)
+    three = run_cachegrind(python, child, [*args, "3"], ll)
     # Below 0.005 per lookup is rounding noise of the setup, not a cost of the lookup.
     diff = {k: max((three[k] - one[k]) / (2 * n), 0.0) for k in one}
     diff = {k: v if v >= 0.005 else 0.0 for k, v in diff.items()}
