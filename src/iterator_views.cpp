@@ -21,13 +21,14 @@ PyObject* iterator_next(PyObject* self) {
     const view_kind kind = it->kind;
     // The cursor moves under the critical section, and nothing in it allocates or runs Python,
     // so a thread sharing this iterator never sees a half-advanced cursor.
+    // It stops at the trie's end, whatever the count says.
     Py_BEGIN_CRITICAL_SECTION(self);
-    if (it->remaining > 0) {
+    if (it->cursor != object_map::iterator()) {
         const auto& entry = *it->cursor;
         if (kind != view_kind::values) key = Py_NewRef(entry.first);
         if (kind != view_kind::keys) value = Py_NewRef(entry.second);
         ++it->cursor;
-        --it->remaining;
+        if (it->remaining > 0) --it->remaining;
     }
     Py_END_CRITICAL_SECTION();
     switch (kind) {
@@ -168,20 +169,55 @@ PyObject* view_isdisjoint(PyObject* self, PyObject* other) {
     Py_RETURN_TRUE;
 }
 
-// keys() and items() compare like sets, with sets and with other set-like views.
+// 1 if every element of `a` is in `b`, 0 if not, -1 on error.
+int all_contained_in(PyObject* a, PyObject* b) {
+    PyObject* it = PyObject_GetIter(a);
+    if (!it) return -1;
+    int ok = 1;
+    while (ok == 1) {
+        PyObject* item = PyIter_Next(it);
+        if (!item) {
+            if (PyErr_Occurred()) ok = -1;
+            break;
+        }
+        ok = PySequence_Contains(b, item);
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    return ok;
+}
+
+// keys() and items() compare like sets, with sets and with other set-like views, the way dict's
+// views do: by sizes and membership, so items with unhashable values compare too.
 PyObject* view_richcompare(PyObject* self, PyObject* other, int op) {
     if (!PyAnySet_Check(other) && !is_set_like_view(other) && !PyDictViewSet_Check(other)) Py_RETURN_NOTIMPLEMENTED;
-    PyObject* mine = PySet_New(self);
-    if (!mine) return nullptr;
-    PyObject* theirs = PyAnySet_Check(other) ? Py_NewRef(other) : PySet_New(other);
-    if (!theirs) {
-        Py_DECREF(mine);
-        return nullptr;
+    const Py_ssize_t mine = PyObject_Size(self);
+    const Py_ssize_t theirs = PyObject_Size(other);
+    if (mine < 0 || theirs < 0) return nullptr;
+    int result = 0;
+    switch (op) {
+        case Py_EQ:
+        case Py_NE:
+            result = mine == theirs ? all_contained_in(self, other) : 0;
+            if (result >= 0 && op == Py_NE) result = !result;
+            break;
+        case Py_LT:
+            result = mine < theirs ? all_contained_in(self, other) : 0;
+            break;
+        case Py_LE:
+            result = mine <= theirs ? all_contained_in(self, other) : 0;
+            break;
+        case Py_GT:
+            result = mine > theirs ? all_contained_in(other, self) : 0;
+            break;
+        case Py_GE:
+            result = mine >= theirs ? all_contained_in(other, self) : 0;
+            break;
+        default:
+            Py_RETURN_NOTIMPLEMENTED;
     }
-    PyObject* result = PyObject_RichCompare(mine, theirs, op);
-    Py_DECREF(mine);
-    Py_DECREF(theirs);
-    return result;
+    if (result < 0) return nullptr;
+    return PyBool_FromLong(result);
 }
 
 PyObject* view_repr(PyObject* self) {
@@ -246,7 +282,9 @@ PyType_Slot values_slots[] = {
     {0, nullptr},
 };
 
-constexpr unsigned long view_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE;
+// Made only by the map (keys(), iter()...): Python code cannot create one without a map.
+constexpr unsigned long view_flags =
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION;
 
 }  // namespace
 

@@ -28,7 +28,6 @@ PyObject* build_map(PyTypeObject* type, PyObject* source, PyObject* kwargs) {
     if (source && is_map(source) && (!kwargs || PyDict_GET_SIZE(kwargs) == 0) && Py_TYPE(source) == type) {
         return Py_NewRef(source);
     }
-    deferred_releases defer;
     return guarded([&]() -> PyObject* {
         object_transient t;
         if (!fill_transient(t, source, kwargs)) return nullptr;
@@ -84,16 +83,22 @@ Py_hash_t map_hash(PyObject* self) {
     MapObject* m = as_map(self);
     const Py_hash_t cached = m->hash.load(std::memory_order_relaxed);
     if (cached != -1) return cached;
+    // Values may be maps nested arbitrarily deep: RecursionError, not a C stack overflow.
+    if (Py_EnterRecursiveCall(" while hashing a PersistentMap")) return -1;
     std::uint64_t acc = 0x345678u + m->map.size() * 0x9E3779B97F4A7C15ull;
     for (const auto& e : m->map) {
         const Py_hash_t hv = PyObject_Hash(e.second);
-        if (hv == -1) return -1;
+        if (hv == -1) {
+            Py_LeaveRecursiveCall();
+            return -1;
+        }
         std::uint64_t x = e.hash ^ (static_cast<std::uint64_t>(hv) * 0xBF58476D1CE4E5B9ull);
         x ^= x >> 31;
         x *= 0x94D049BB133111EBull;
         x ^= x >> 29;
         acc += x;
     }
+    Py_LeaveRecursiveCall();
     Py_hash_t result = static_cast<Py_hash_t>(acc);
     if (result == -1) result = -2;
     m->hash.store(result, std::memory_order_relaxed);
@@ -183,7 +188,6 @@ PyObject* map_or(PyObject* left, PyObject* right) {
         if (!is_mapping(right)) Py_RETURN_NOTIMPLEMENTED;
         MapObject* m = as_map(left);
         if (is_map(right)) return guarded([&] { return map_or_self(left, m->map.merge(as_map(right)->map)); });
-        deferred_releases defer;
         return guarded([&]() -> PyObject* {
             object_transient t = m->map.transient();
             if (!fill_transient(t, right, nullptr)) return nullptr;
@@ -192,7 +196,6 @@ PyObject* map_or(PyObject* left, PyObject* right) {
     }
     if (!is_mapping(left)) Py_RETURN_NOTIMPLEMENTED;
     MapObject* m = as_map(right);
-    deferred_releases defer;
     return guarded([&]() -> PyObject* {
         object_transient t;
         if (!fill_transient(t, left, nullptr)) return nullptr;
@@ -247,7 +250,6 @@ PyObject* map_update(PyObject* self, PyObject* args, PyObject* kwargs) {
     if (no_kwargs && source && is_map(source)) {
         return guarded([&] { return map_or_self(self, m->map.merge(as_map(source)->map)); });
     }
-    deferred_releases defer;
     return guarded([&]() -> PyObject* {
         object_transient t = m->map.transient();
         if (!fill_transient(t, source, kwargs)) return nullptr;
@@ -262,7 +264,8 @@ PyObject* map_clear(PyObject* self, PyObject*) {
 
 PyObject* map_copy(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
-PyObject* map_deepcopy(PyObject* self, PyObject* memo) {
+// A list of (key, value) pairs, in iteration order.
+PyObject* items_list(PyObject* self) {
     PyObject* items = PyList_New(0);
     if (!items) return nullptr;
     for (const auto& e : as_map(self)->map) {
@@ -274,6 +277,12 @@ PyObject* map_deepcopy(PyObject* self, PyObject* memo) {
         }
         Py_DECREF(pair);
     }
+    return items;
+}
+
+PyObject* map_deepcopy(PyObject* self, PyObject* memo) {
+    PyObject* items = items_list(self);
+    if (!items) return nullptr;
     PyObject* copy_module = PyImport_ImportModule("copy");
     PyObject* copied = copy_module ? PyObject_CallMethod(copy_module, "deepcopy", "OO", items, memo) : nullptr;
     Py_XDECREF(copy_module);
@@ -285,17 +294,8 @@ PyObject* map_deepcopy(PyObject* self, PyObject* memo) {
 }
 
 PyObject* map_reduce(PyObject* self, PyObject*) {
-    PyObject* items = PyList_New(static_cast<Py_ssize_t>(as_map(self)->map.size()));
+    PyObject* items = items_list(self);
     if (!items) return nullptr;
-    Py_ssize_t i = 0;
-    for (const auto& e : as_map(self)->map) {
-        PyObject* pair = PyTuple_Pack(2, e.first, e.second);
-        if (!pair) {
-            Py_DECREF(items);
-            return nullptr;
-        }
-        PyList_SET_ITEM(items, i++, pair);
-    }
     return Py_BuildValue("O(N)", reinterpret_cast<PyObject*>(Py_TYPE(self)), items);
 }
 
@@ -344,7 +344,6 @@ PyObject* map_fromkeys(PyObject* cls, PyObject* const* args, Py_ssize_t nargs) {
     PyObject* value = nargs == 2 ? args[1] : Py_None;
     PyObject* it = PyObject_GetIter(args[0]);
     if (!it) return nullptr;
-    deferred_releases defer;
     PyObject* result = guarded([&]() -> PyObject* {
         object_transient t;
         while (PyObject* key = PyIter_Next(it)) {
@@ -441,11 +440,15 @@ void map_dealloc(PyObject* self) {
     MapObject* m = as_map(self);
     PyTypeObject* type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    // A map whose value is a map whose value is a map... (a functional linked list) would free
+    // itself by recursion on the C stack: the trashcan turns deep nesting into a loop.
+    Py_TRASHCAN_BEGIN(self, map_dealloc)
     if (m->weakreflist) PyObject_ClearWeakRefs(self);
     m->map.~object_map();
     m->hash.~atomic();
     type->tp_free(self);
     Py_DECREF(type);
+    Py_TRASHCAN_END
 }
 
 // ---- filling a transient from Python input ---------------------------------------------------
@@ -482,8 +485,8 @@ bool fill_from_dict(object_transient& t, PyObject* dict) {
     return ok;
 }
 
-bool fill_from_keys(object_transient& t, PyObject* source) {
-    PyObject* keys = PyObject_CallMethod(source, "keys", nullptr);
+bool fill_from_keys(object_transient& t, PyObject* source, PyObject* keys_method) {
+    PyObject* keys = PyObject_CallNoArgs(keys_method);
     if (!keys) return false;
     PyObject* it = PyObject_GetIter(keys);
     Py_DECREF(keys);
@@ -579,8 +582,18 @@ bool fill_transient(object_transient& t, PyObject* source, PyObject* kwargs) {
         } else if (PyDict_Check(source)) {
             ok = fill_from_dict(t, source);
         } else {
-            const int has_keys = PyObject_HasAttrString(source, "keys");
-            ok = has_keys ? fill_from_keys(t, source) : fill_from_pairs(t, source);
+            // As dict.update: a `keys` attribute makes a mapping; an error looking it up other
+            // than AttributeError propagates.
+            PyObject* keys_method = PyObject_GetAttrString(source, "keys");
+            if (keys_method) {
+                ok = fill_from_keys(t, source, keys_method);
+                Py_DECREF(keys_method);
+            } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Clear();
+                ok = fill_from_pairs(t, source);
+            } else {
+                ok = false;
+            }
         }
         if (!ok) return false;
     }

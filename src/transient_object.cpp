@@ -16,7 +16,6 @@ template <class R, class F>
 R locked(PyObject* self, R failed, F&& body) {
     TransientObject* t = as_transient(self);
     R result = failed;
-    deferred_releases defer;  // released after the critical section ends
     Py_BEGIN_CRITICAL_SECTION(self);
     if (!t->transient) {
         PyErr_SetString(PyExc_RuntimeError, "this TransientMap is finished: persistent() was already called");
@@ -137,9 +136,19 @@ PyObject* transient_contains_method(PyObject* self, PyObject* key) {
 PyObject* transient_update(PyObject* self, PyObject* args, PyObject* kwargs) {
     PyObject* source = nullptr;
     if (!PyArg_UnpackTuple(args, "update", 0, 1, &source)) return nullptr;
-    return locked<PyObject*>(self, nullptr, [&](object_transient& t) {
+    // A transient source (this one included) is read through a snapshot taken first: it cannot
+    // be read while this one is locked, and t.update(t) must work like d.update(d).
+    PyObject* frozen = nullptr;
+    if (source && Py_TYPE(source)->tp_dealloc == Py_TYPE(self)->tp_dealloc) {
+        frozen = snapshot(source);
+        if (!frozen) return nullptr;
+        source = frozen;
+    }
+    PyObject* result = locked<PyObject*>(self, nullptr, [&](object_transient& t) {
         return fill_transient(t, source, kwargs) ? Py_NewRef(self) : nullptr;
     });
+    Py_XDECREF(frozen);
+    return result;
 }
 
 // Freezes the contents into a PersistentMap and finishes the transient: any later use raises.

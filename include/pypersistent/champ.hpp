@@ -446,15 +446,24 @@ struct champ {
     //
     // Returns the node that takes n's place: n itself when nothing changed or n was edited in
     // place, otherwise a new reference. n is consumed (its memory reused or freed) only when it
-    // is owned by `owner` and a different node is returned.
+    // is owned by `owner` and a different node is returned. `added` is set exactly when the key
+    // was inserted, from the same comparisons that decided where it went: callers derive counts
+    // from it and never ask KeyEqual a second time about the same pair, whose answer might differ.
+    //
+    // KeepExisting: insert only; a key already present keeps its value (merge uses it when the
+    // other side's value wins).
 
+    template <bool KeepExisting = false>
     static node* assoc(node* n, unsigned shift, hash_t hash, const K& key, const V& value, owner_t owner,
                        bool& added) {
         const bool owned = owned_by(n, owner);
         if (n->collision) {
             entry_type* es = entries(n);
             for (unsigned i = 0, c = n->datamap; i < c; ++i) {
-                if (KeyEqual{}(es[i].first, key)) return with_value(n, owned, owner, i, value);
+                if (KeyEqual{}(es[i].first, key)) {
+                    if constexpr (KeepExisting) return n;
+                    return with_value(n, owned, owner, i, value);
+                }
             }
             entry_type tmp(key, value, hash);
             node* result = rebuild_collision(n, owned, owner, npos, &tmp);
@@ -466,14 +475,17 @@ struct champ {
             const unsigned index = slot_index(n->nodemap, bit);
             node* child = children(n)[index];
             const bool child_owned = owned_by(child, owner);
-            node* new_child = assoc(child, shift + bits_per_level, hash, key, value, owner, added);
+            node* new_child = assoc<KeepExisting>(child, shift + bits_per_level, hash, key, value, owner, added);
             if (new_child == child) return n;
             return install_child(n, owned, owner, bit, index, child, child_owned, new_child);
         }
         if (n->datamap & bit) {
             const unsigned index = slot_index(n->datamap, bit);
             const entry_type& e = entries(n)[index];
-            if (entry_matches(e, hash, key)) return with_value(n, owned, owner, index, value);
+            if (entry_matches(e, hash, key)) {
+                if constexpr (KeepExisting) return n;
+                return with_value(n, owned, owner, index, value);
+            }
             const hash_t old_hash = entry_hash(e);
             node* sub = make_two(shift + bits_per_level, e, old_hash, key, value, hash, owner);
             node* result = replace_slot(n, owned, owner, bit, slot_kind::child, nullptr, sub);
@@ -675,18 +687,14 @@ struct champ {
                     changed = true;
                 }
             } else if (ea && nb) {
-                const hash_t ha = entry_hash(*ea);
+                // a's one key against b's subtree: b's value wins, so insert a's entry only if
+                // absent. The subtree then holds b's keys, plus a's key if it was new to b: that
+                // is count(nb) - 1 keys more than a had here, or count(nb) if a's key was added.
                 s.kind = slot_kind::child;
-                const std::size_t in_b = count(nb);
-                if (find_from(nb, next, ha, ea->first)) {
-                    retain(nb);
-                    s.child = nb;
-                    added += in_b - 1;
-                } else {
-                    bool unused = false;
-                    s.child = assoc(nb, next, ha, ea->first, ea->second, 0, unused);
-                    added += in_b;
-                }
+                bool was_added = false;
+                s.child = assoc<true>(nb, next, entry_hash(*ea), ea->first, ea->second, 0, was_added);
+                if (s.child == nb) retain(nb);
+                added += count(nb) - (was_added ? 0 : 1);
                 changed = true;
             } else if (na && eb) {
                 s.kind = slot_kind::child;

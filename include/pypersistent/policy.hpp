@@ -89,6 +89,12 @@ struct default_policy {
         return false;
     }
 
+    // Opened by a transient around each edit that may change nodes in place. A policy whose
+    // release() can run foreign code (a Python __del__ that might look at the trie while a node
+    // is half-moved) makes this a scope that holds such releases until the edit is complete;
+    // plain values need nothing.
+    struct edit_scope {};
+
     static void* allocate(std::size_t bytes) { return ::operator new(bytes); }
     static void deallocate(void* p, std::size_t) noexcept { ::operator delete(p); }
 

@@ -33,28 +33,37 @@ namespace pypersistent::python {
 // Thrown when a Python call failed; the Python error indicator is already set.
 struct python_error {};
 
-struct object_hash {
-    pypersistent::hash_t operator()(PyObject* key) const {
-        const Py_hash_t h = PyObject_Hash(key);
-        if (h == -1) throw python_error{};
-        return static_cast<pypersistent::hash_t>(h);
-    }
-};
-
-struct object_equal {
-    bool operator()(PyObject* a, PyObject* b) const {
-        if (a == b) return true;
-        const int r = PyObject_RichCompareBool(a, b, Py_EQ);
-        if (r < 0) throw python_error{};
-        return r != 0;
-    }
-};
-
 // While a transient edits nodes in place, dropping a reference must not run Python code: a
 // __del__ could start the garbage collector (which walks the trie) or reach the transient while
-// a node is half-moved. Edits therefore run inside a `deferred_releases` scope, and references
-// dropped meanwhile are released when the outermost scope on this thread ends.
+// a node is half-moved. Each such edit therefore runs inside a `deferred_releases` scope (the
+// policy's edit_scope), and references the trie drops meanwhile are released when the outermost
+// scope on this thread ends, right after the edit.
+//
+// The scope covers the trie's own code only. Python code that the trie calls meanwhile (a key's
+// __eq__) runs in a `user_code_window`, with no scope open: what it drops is released at once,
+// as anywhere else in Python, and in the interpreter it runs in (such code may switch this
+// thread to another interpreter, whose objects must never reach this interpreter's queue); a
+// scope it opens itself is released when it closes, inside the window.
 struct deferred_releases {
+private:
+    // Trivial, so the thread-local needs no constructor guard and no exit hook, and (on ELF)
+    // the initial-exec model makes each access one load instead of a __tls_get_addr call:
+    // every Py_DECREF of a key or value goes through here. It costs 16 bytes of the static TLS
+    // space that glibc reserves for modules loaded later.
+    struct per_thread {
+        int depth;
+        std::vector<PyObject*>* pending;  // allocated only while something is deferred
+    };
+    static per_thread& state() noexcept {
+#if defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+        static thread_local per_thread value __attribute__((tls_model("initial-exec"))) = {0, nullptr};
+#else
+        static thread_local per_thread value = {0, nullptr};
+#endif
+        return value;
+    }
+
+public:
     deferred_releases() noexcept : state_(state()) { ++state_.depth; }
     ~deferred_releases() {
         if (--state_.depth != 0) return;
@@ -83,24 +92,53 @@ struct deferred_releases {
         }
     }
 
-private:
-    // Trivial, so the thread-local needs no constructor guard and no exit hook, and (on ELF)
-    // the initial-exec model makes each access one load instead of a __tls_get_addr call:
-    // every Py_DECREF of a key or value goes through here. It costs 16 bytes of the static TLS
-    // space that glibc reserves for modules loaded later.
-    struct per_thread {
-        int depth;
-        std::vector<PyObject*>* pending;  // allocated only while something is deferred
+    // Suspends the open scopes of this thread while Python code runs (see above).
+    class user_code_window {
+    public:
+        user_code_window() noexcept : state_(state()), depth_(state_.depth), pending_(state_.pending) {
+            state_.depth = 0;
+            state_.pending = nullptr;
+        }
+        ~user_code_window() {
+            state_.depth = depth_;
+            state_.pending = pending_;
+        }
+        user_code_window(const user_code_window&) = delete;
+        user_code_window& operator=(const user_code_window&) = delete;
+
+    private:
+        per_thread& state_;
+        int depth_;
+        std::vector<PyObject*>* pending_;
     };
-    static per_thread& state() noexcept {
-#if defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
-        static thread_local per_thread value __attribute__((tls_model("initial-exec"))) = {0, nullptr};
-#else
-        static thread_local per_thread value = {0, nullptr};
-#endif
-        return value;
-    }
+
+private:
     per_thread& state_;
+};
+
+struct object_hash {
+    pypersistent::hash_t operator()(PyObject* key) const {
+        Py_hash_t h;
+        {
+            deferred_releases::user_code_window window;
+            h = PyObject_Hash(key);
+        }
+        if (h == -1) throw python_error{};
+        return static_cast<pypersistent::hash_t>(h);
+    }
+};
+
+struct object_equal {
+    bool operator()(PyObject* a, PyObject* b) const {
+        if (a == b) return true;
+        int r;
+        {
+            deferred_releases::user_code_window window;
+            r = PyObject_RichCompareBool(a, b, Py_EQ);
+        }
+        if (r < 0) throw python_error{};
+        return r != 0;
+    }
 };
 
 // Keys and values are strong references: one per stored copy. Full hashes are cached in the
@@ -131,6 +169,7 @@ struct object_policy : pypersistent::default_policy {
     // per key, one-key variants of a 1M map from 340 to 280 ns. Its rule is the rule for the
     // keys and values already: a thread state of the map's interpreter is attached whenever a
     // node is made or freed (python_map attaches one before it drops a last reference).
+    using edit_scope = deferred_releases;
     static void* allocate(std::size_t bytes) {
         void* p = PyMem_Malloc(bytes);
         if (!p) throw std::bad_alloc();

@@ -2,6 +2,9 @@
 // itself and copies any node it shares with persistent maps the first time it changes it;
 // persistent() freezes the current contents into a persistent_map in O(1).
 //
+// Each edit runs inside the policy's edit_scope (see default_policy), closed only once the
+// transient is consistent again.
+//
 // Thread safety: a transient is a plain mutable object. One thread at a time may use it (the
 // Python binding wraps every call in a per-object critical section). The persistent maps it
 // hands out are immutable and may be shared freely.
@@ -37,13 +40,15 @@ public:
     }
     transient_map& operator=(transient_map&& other) noexcept {
         if (this != &other) {
-            trie::release(root_);
+            // Released last: a release may run foreign code that looks at this transient.
+            node_type* old = root_;
             root_ = other.root_;
             size_ = other.size_;
             owner_ = other.owner_;
             other.root_ = nullptr;
             other.size_ = 0;
             other.owner_ = next_owner_token();
+            trie::release(old);
         }
         return *this;
     }
@@ -66,6 +71,7 @@ public:
     // Insert or assign; returns whether the key was new.
     bool set(const K& key, const V& value) { return set_hashed(key, value, trie::hash_key(key)); }
     bool set_hashed(const K& key, const V& value, hash_t hash) {
+        [[maybe_unused]] typename Policy::edit_scope scope;
         if (!root_) {
             root_ = trie::make_single(key, value, hash, owner_);
             size_ = 1;
@@ -86,6 +92,7 @@ public:
     // Strong guarantee, like every operation: if anything throws, the transient is unchanged.
     bool erase_hashed(const K& key, hash_t hash) {
         if (!root_) return false;
+        [[maybe_unused]] typename Policy::edit_scope scope;
         const bool root_owned = trie::owned_by(root_, owner_);
         bool removed = false;
         replace_root(trie::dissoc(root_, 0, hash, key, owner_, removed), root_owned);
@@ -102,11 +109,13 @@ public:
             size_ = other.size_;
             return;
         }
+        [[maybe_unused]] typename Policy::edit_scope scope;
         std::size_t added = 0;
         node_type* merged = trie::merge(root_, other.root_, 0, added);
-        trie::release(root_);
+        node_type* old = root_;
         root_ = merged;
         size_ += added;
+        trie::release(old);
         // The merged nodes are not ours but may point to nodes that are: freeze those, or a
         // later in-place edit could free a node that an unowned parent still points to.
         owner_ = next_owner_token();
@@ -131,8 +140,9 @@ private:
     // The trie operations consume an owned node exactly when they return a different one.
     void replace_root(node_type* new_root, bool old_root_owned) noexcept {
         if (new_root == root_) return;
-        if (!old_root_owned) trie::release(root_);
+        node_type* old = root_;
         root_ = new_root;
+        if (!old_root_owned) trie::release(old);
     }
 
     node_type* root_ = nullptr;

@@ -7,7 +7,19 @@
 ([('a', 1), ('b', 2)], 1)
 """
 
+import sys as _sys
 from collections import abc as _abc
+
+if _sys.version_info < (3, 12):
+    # Before 3.12 subinterpreters share the main interpreter's GIL, and initialising the
+    # extension there waits forever for the GIL its own thread holds (PyGILState_Ensure): refuse
+    # at once instead.
+    try:
+        import _xxsubinterpreters as _subinterpreters
+    except ImportError:  # pragma: no cover - CPython always has it
+        _subinterpreters = None
+    if _subinterpreters is not None and _subinterpreters.get_current() != _subinterpreters.get_main():
+        raise ImportError("pypersistent: subinterpreters need Python 3.12 or later")
 
 from ._pypersistent import (
     Atom,
