@@ -13,8 +13,11 @@
 #include <structmember.h>
 
 #include <atomic>
-#include <new>
 #include <cstdint>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <pypersistent/python_bridge.hpp>
@@ -27,6 +30,26 @@
 
 
 namespace pypersistent::python {
+
+// The cycle collector's view of nodes shared by several maps: see gc_census.cpp.
+struct gc_census {
+    struct tally {
+        std::uint32_t holders = 0;       // decref pass: holders traversed so far
+        visitproc reach_visit = nullptr;  // other passes: the pass that last visited the contents
+        void* reach_arg = nullptr;
+    };
+#ifdef Py_GIL_DISABLED
+    std::atomic<unsigned long> collector{0};  // the collecting thread, 0 outside collections
+    std::mutex lock;
+#else
+    bool collecting = false;
+#endif
+    visitproc decref_visit = nullptr;
+    std::unordered_map<const object_trie::node*, tally> nodes;  // shared nodes met in this pass
+    std::unordered_set<const PyObject*> holders;                 // holders counted in this pass
+    bool reached = false;                                        // a non-decref pass has run since
+    void reset() noexcept;
+};
 
 // Borrowed pointers to this interpreter's types. Each type keeps the types it creates instances
 // of alive through its own dict (see module.cpp), so a type reachable from a live object always
@@ -41,6 +64,7 @@ struct module_state {
     PyTypeObject* atom_type = nullptr;
     // What the _C_API capsule hands to C++ hosts (python_bridge.hpp); filled in module.cpp.
     c_api api{};
+    gc_census census;
 };
 
 struct MapObject {
@@ -173,7 +197,11 @@ void set_key_error(PyObject* key);
 // Adds everything `source` holds (a map, dict, object with keys(), or iterable of pairs) and
 // the keyword arguments to `t`. Returns false with a Python error set.
 bool fill_transient(object_transient& t, PyObject* source, PyObject* kwargs);
-int traverse_trie(const object_trie::node* root, visitproc visit, void* arg);
+// tp_traverse of the references in the trie under `root`, held by `holder` (gc_census.cpp).
+int traverse_trie(PyObject* holder, module_state* state, const object_trie::node* root, visitproc visit, void* arg);
+// The gc.callbacks entry that tells the census when a collection starts and stops; `self` is
+// the module state's capsule.
+PyObject* census_callback(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 // The C API entry for Atoms (atom_object.cpp).
 int atom_current_root(PyObject* atom, object_trie::node** root, std::size_t* size);
 

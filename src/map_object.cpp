@@ -72,7 +72,7 @@ int map_contains(PyObject* self, PyObject* key) {
 
 int map_traverse(PyObject* self, visitproc visit, void* arg) {
     Py_VISIT(Py_TYPE(self));
-    return traverse_trie(as_map(self)->map.root(), visit, arg);
+    return traverse_trie(self, as_map(self)->state, as_map(self)->map.root(), visit, arg);
 }
 
 PyObject* map_iter(PyObject* self) { return make_iterator(as_map(self)->state, as_map(self), view_kind::keys); }
@@ -599,26 +599,6 @@ bool fill_transient(object_transient& t, PyObject* source, PyObject* kwargs) {
     }
     if (kwargs && PyDict_GET_SIZE(kwargs) > 0) return fill_from_dict(t, kwargs);
     return true;
-}
-
-// Visits only the Python references held by nodes that this object reaches through a chain of
-// unshared nodes (reference count 1 all the way from its root). Those references belong to this
-// object alone, so the collector never counts one reference twice; references in shared nodes
-// are visited by nobody, which only means a cycle through a shared subtree is collected once
-// the sharing ends.
-int traverse_trie(const object_trie::node* n, visitproc visit, void* arg) {
-    if (!n || n->refs.load() != 1) return 0;
-    const auto* entries = object_trie::entries(n);
-    for (unsigned i = 0, c = object_trie::entry_count(n); i < c; ++i) {
-        Py_VISIT(entries[i].first);
-        Py_VISIT(entries[i].second);
-    }
-    const auto* children = object_trie::children(n);
-    for (unsigned i = 0, c = object_trie::child_count(n); i < c; ++i) {
-        const int r = traverse_trie(children[i], visit, arg);
-        if (r) return r;
-    }
-    return 0;
 }
 
 PyType_Spec map_spec = {

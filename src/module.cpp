@@ -43,6 +43,10 @@ int api_unwrap(PyObject* obj, object_trie::node** root, std::size_t* size) {
     return 0;
 }
 
+PyMethodDef census_callback_def = {
+    "_gc_census", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(census_callback)), METH_FASTCALL,
+    "gc.callbacks entry: tells pypersistent when a collection starts and stops."};
+
 void keep_alive(PyTypeObject* holder, const char* name, PyObject* held) {
     if (PyDict_SetItemString(holder->tp_dict, name, held) < 0) throw py::error_already_set();
 }
@@ -103,6 +107,12 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     // holds them all).
     m.attr("_C_API") = py::reinterpret_steal<py::object>(
         PyCapsule_New(&state->api, "pypersistent._pypersistent._C_API", nullptr));
+
+    // The census learns from gc.callbacks when a collection runs (gc_census.cpp). The callback
+    // holds the capsule, so the state lives as long as the gc module keeps the callback.
+    py::object census = py::reinterpret_steal<py::object>(PyCFunction_New(&census_callback_def, capsule.ptr()));
+    if (!census) throw py::error_already_set();
+    py::module_::import("gc").attr("callbacks").attr("append")(census);
 
     m.attr("PersistentMap") = map_type;
     m.attr("TransientMap") = transient_type;

@@ -207,7 +207,7 @@ int transient_traverse(PyObject* self, visitproc visit, void* arg) {
     if (!obj->transient) return 0;
     // The collector runs this with the world stopped (free-threaded) or the GIL held, and never
     // in the middle of a transient's C++ edit, which calls no Python while nodes are half-built.
-    return traverse_trie(obj->transient->root(), visit, arg);
+    return traverse_trie(self, obj->state, obj->transient->root(), visit, arg);
 }
 
 int transient_clear(PyObject* self) {

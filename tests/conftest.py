@@ -245,3 +245,9 @@ def child_env() -> dict[str, str]:
     existing = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(import_roots() + existing)
     return env
+
+
+def pytest_configure(config: Any) -> None:
+    # pytest-run-parallel (the 3.13t run with --parallel-threads) runs tests marked so on one
+    # thread; elsewhere the marker only needs to be known.
+    config.addinivalue_line("markers", "thread_unsafe: uses process-wide state; run on one thread")

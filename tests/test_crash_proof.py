@@ -103,6 +103,7 @@ class ScriptedKey:
         return f"ScriptedKey({self.name!r})"
 
 
+@pytest.mark.thread_unsafe  # ScriptedKey's script and call count are shared
 @pytest.mark.parametrize("script", [[False, True], [True, False]])
 @pytest.mark.parametrize("operation", ["or", "update", "transient_update", "ror"])
 def test_a_merge_asks_eq_once_where_an_entry_meets_a_subtree(script: list[bool], operation: str) -> None:
