@@ -32,8 +32,8 @@ class Node:
     pass
 
 
-def history_cycle(n_keys: int = 100, n_versions: int = 20) -> weakref.ref:
-    d = Doc()
+def history_cycle(n_keys: int = 100, n_versions: int = 20, cls: type = Doc) -> weakref.ref:
+    d = cls()
     m = PersistentMap({i: i for i in range(n_keys)}).set("owner", d)
     for i in range(n_versions):
         m = m.set(i, -i)
@@ -102,15 +102,7 @@ def test_cycles_with_finalizers_through_shared_nodes_are_collected() -> None:
         def __del__(self) -> None:
             finalized.append(1)
 
-    refs = []
-    for _ in range(50):
-        d = Final()
-        m = PersistentMap({i: i for i in range(100)}).set("owner", d)
-        for i in range(10):
-            m = m.set(i, -i)
-            d.history.append(m)
-        refs.append(weakref.ref(d))
-        del d, m
+    refs = [history_cycle(n_versions=10, cls=Final) for _ in range(50)]
     gc.collect()
     assert len(finalized) == 50
     assert sum(r() is not None for r in refs) == 0
