@@ -14,7 +14,6 @@ import threading
 import weakref
 from typing import Any, List
 
-
 from pypersistent import PersistentMap
 from stress_support import Budget, Payload, expired, run_threads
 
