@@ -22,8 +22,9 @@ PyObject* iterator_next(PyObject* self) {
     // The cursor moves under the critical section, and nothing in it allocates or runs Python,
     // so a thread sharing this iterator never sees a half-advanced cursor.
     // It stops at the trie's end, whatever the count says.
+    static const object_map::iterator end_of_trie;
     Py_BEGIN_CRITICAL_SECTION(self);
-    if (it->cursor != object_map::iterator()) {
+    if (it->cursor != end_of_trie) {
         const auto& entry = *it->cursor;
         if (kind != view_kind::values) key = Py_NewRef(entry.first);
         if (kind != view_kind::keys) value = Py_NewRef(entry.second);

@@ -64,15 +64,10 @@ private:
     }
 
 public:
-    deferred_releases() noexcept : state_(state()) { ++state_.depth; }
+    deferred_releases() noexcept { ++state().depth; }
     ~deferred_releases() {
-        if (--state_.depth != 0) return;
-        while (state_.pending) {
-            std::vector<PyObject*>* batch = state_.pending;
-            state_.pending = nullptr;
-            for (PyObject* o : *batch) Py_DECREF(o);
-            delete batch;
-        }
+        per_thread& s = state();
+        if (--s.depth == 0 && s.pending) release_pending(s);
     }
     deferred_releases(const deferred_releases&) = delete;
     deferred_releases& operator=(const deferred_releases&) = delete;
@@ -113,16 +108,23 @@ public:
     };
 
 private:
-    per_thread& state_;
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((noinline))
+#endif
+    static void release_pending(per_thread& s) noexcept {
+        while (s.pending) {
+            std::vector<PyObject*>* batch = s.pending;
+            s.pending = nullptr;
+            for (PyObject* o : *batch) Py_DECREF(o);
+            delete batch;
+        }
+    }
 };
 
 struct object_hash {
     pypersistent::hash_t operator()(PyObject* key) const {
-        Py_hash_t h;
-        {
-            deferred_releases::user_code_window window;
-            h = PyObject_Hash(key);
-        }
+        deferred_releases::user_code_window window;
+        const Py_hash_t h = PyObject_Hash(key);
         if (h == -1) throw python_error{};
         return static_cast<pypersistent::hash_t>(h);
     }
@@ -130,7 +132,15 @@ struct object_hash {
 
 struct object_equal {
     bool operator()(PyObject* a, PyObject* b) const {
-        if (a == b) return true;
+        if (a == b) return true;  // the common case stays inline
+        return call_eq(a, b);
+    }
+
+private:
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((noinline))
+#endif
+    static bool call_eq(PyObject* a, PyObject* b) {
         int r;
         {
             deferred_releases::user_code_window window;
