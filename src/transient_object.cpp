@@ -222,10 +222,13 @@ void transient_dealloc(PyObject* self) {
     TransientObject* obj = as_transient(self);
     PyTypeObject* type = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    // Transients may hold transients that hold transients...: a loop, not C recursion.
+    Py_TRASHCAN_BEGIN(self, transient_dealloc)
     if (obj->weakreflist) PyObject_ClearWeakRefs(self);
     delete obj->transient;
     type->tp_free(self);
     Py_DECREF(type);
+    Py_TRASHCAN_END
 }
 
 PyObject* transient_new(PyTypeObject*, PyObject*, PyObject*) {

@@ -51,7 +51,13 @@ def test_dropping_a_300k_deep_chain_of_maps_does_not_overflow_the_c_stack() -> N
         a = Atom()
         for i in range(300_000):
             a = Atom(PersistentMap(tail=a))
-        del m, t, a
+        # transients holding transients, with no map in between
+        u = PersistentMap().transient()
+        for i in range(300_000):
+            u2 = PersistentMap().transient()
+            u2["tail"] = u
+            u = u2
+        del m, t, a, u, u2
         print("freed")
         """
     )
