@@ -264,20 +264,43 @@ PyObject* map_clear(PyObject* self, PyObject*) {
 
 PyObject* map_copy(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
-// A list of (key, value) pairs, in iteration order.
-PyObject* items_list(PyObject* self) {
-    PyObject* items = PyList_New(0);
-    if (!items) return nullptr;
-    for (const auto& e : as_map(self)->map) {
-        PyObject* pair = PyTuple_Pack(2, e.first, e.second);
-        if (!pair || PyList_Append(items, pair) < 0) {
-            Py_XDECREF(pair);
-            Py_DECREF(items);
+// A list made of one item per entry, in iteration order (`make` returns a new reference or
+// nullptr). Sized up front; the walk stops at the trie's end whatever the count says.
+template <class Make>
+PyObject* entries_list(PyObject* self, Make make) {
+    const object_map& map = as_map(self)->map;
+    const auto n = static_cast<Py_ssize_t>(map.size());
+    PyObject* list = PyList_New(n);
+    if (!list) return nullptr;
+    Py_ssize_t i = 0;
+    for (const auto& e : map) {
+        if (i == n) break;
+        PyObject* item = make(e);
+        if (!item) {
+            Py_DECREF(list);
             return nullptr;
         }
-        Py_DECREF(pair);
+        PyList_SET_ITEM(list, i++, item);
     }
-    return items;
+    if (i != n && PyList_SetSlice(list, i, n, nullptr) < 0) {  // the empty slots are NULL
+        Py_DECREF(list);
+        return nullptr;
+    }
+    return list;
+}
+
+// A list of (key, value) pairs, in iteration order.
+PyObject* items_list(PyObject* self) {
+    return entries_list(self, [](const object_map::value_type& e) { return PyTuple_Pack(2, e.first, e.second); });
+}
+
+// pypersistent 2.0's materialised views.
+PyObject* map_items_list(PyObject* self, PyObject*) { return items_list(self); }
+PyObject* map_keys_list(PyObject* self, PyObject*) {
+    return entries_list(self, [](const object_map::value_type& e) { return Py_NewRef(e.first); });
+}
+PyObject* map_values_list(PyObject* self, PyObject*) {
+    return entries_list(self, [](const object_map::value_type& e) { return Py_NewRef(e.second); });
 }
 
 PyObject* map_deepcopy(PyObject* self, PyObject* memo) {
@@ -391,6 +414,9 @@ PyMethodDef map_methods[] = {
     {"__deepcopy__", map_deepcopy, METH_O, nullptr},
     {"__reduce__", map_reduce, METH_NOARGS, nullptr},
     {"__sizeof__", map_sizeof, METH_NOARGS, nullptr},
+    {"items_list", map_items_list, METH_NOARGS, "items_list() -> list of (key, value) pairs, in iteration order."},
+    {"keys_list", map_keys_list, METH_NOARGS, "keys_list() -> list of the keys, in iteration order."},
+    {"values_list", map_values_list, METH_NOARGS, "values_list() -> list of the values, in iteration order."},
     {"keys", map_keys, METH_NOARGS, "A view of the keys."},
     {"values", map_values, METH_NOARGS, "A view of the values."},
     {"items", map_items, METH_NOARGS, "A view of the (key, value) pairs."},

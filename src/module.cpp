@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <type_traits>
+#include <vector>
 
 #include "bindings.hpp"
 
@@ -23,8 +24,6 @@ PyTypeObject* make_type(py::module_& m, PyType_Spec& spec) {
     return reinterpret_cast<PyTypeObject*>(type);
 }
 
-// `holder`'s dict keeps `held` alive: a type whose instances make instances of another type owns
-// a reference to it, so module_state's borrowed pointers stay valid for as long as they are used.
 PyObject* api_wrap(const c_api* api, object_trie::node* root, std::size_t size) {
     auto* state = static_cast<module_state*>(api->module_state);
     return new_map(state->map_type, state, object_map::adopt(root, size));
@@ -47,6 +46,7 @@ PyMethodDef census_callback_def = {
     "_gc_census", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(census_callback)), METH_FASTCALL,
     "gc.callbacks entry: tells pypersistent when a collection starts and stops."};
 
+// `holder`'s dict keeps `held` alive.
 void keep_alive(PyTypeObject* holder, const char* name, PyObject* held) {
     if (PyDict_SetItemString(holder->tp_dict, name, held) < 0) throw py::error_already_set();
 }
@@ -64,37 +64,36 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     }
     py::object capsule = py::reinterpret_steal<py::object>(raw_capsule);
 
-    py::object map_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, map_spec)));
-    py::object transient_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, transient_spec)));
-    py::object iterator_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, iterator_spec)));
-    py::object keys_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, keys_spec)));
-    py::object values_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, values_spec)));
-    py::object items_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, items_spec)));
-    py::object atom_type = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, atom_spec)));
-
-    state->map_type = reinterpret_cast<PyTypeObject*>(map_type.ptr());
-    state->transient_type = reinterpret_cast<PyTypeObject*>(transient_type.ptr());
-    state->iterator_type = reinterpret_cast<PyTypeObject*>(iterator_type.ptr());
-    state->keys_type = reinterpret_cast<PyTypeObject*>(keys_type.ptr());
-    state->values_type = reinterpret_cast<PyTypeObject*>(values_type.ptr());
-    state->items_type = reinterpret_cast<PyTypeObject*>(items_type.ptr());
-    state->atom_type = reinterpret_cast<PyTypeObject*>(atom_type.ptr());
-
-    const py::object all_types[] = {map_type, transient_type, iterator_type, keys_type, values_type, items_type, atom_type};
-    for (const py::object& t : all_types) keep_alive(reinterpret_cast<PyTypeObject*>(t.ptr()), "_state", capsule.ptr());
-    auto* map_t = state->map_type;
-    keep_alive(map_t, "_transient_type", transient_type.ptr());
-    keep_alive(map_t, "_iterator_type", iterator_type.ptr());
-    keep_alive(map_t, "_keys_type", keys_type.ptr());
-    keep_alive(map_t, "_values_type", values_type.ptr());
-    keep_alive(map_t, "_items_type", items_type.ptr());
-    keep_alive(state->transient_type, "_map_type", map_type.ptr());
-    keep_alive(state->transient_type, "_iterator_type", iterator_type.ptr());
-    keep_alive(state->atom_type, "_map_type", map_type.ptr());
-    for (PyTypeObject* view : {state->keys_type, state->values_type, state->items_type}) {
-        keep_alive(view, "_iterator_type", iterator_type.ptr());
+    // Every type of the module: adding one is one row here (and its spec and state slot).
+    struct type_row {
+        PyType_Spec* spec;
+        PyTypeObject* module_state::*slot;
+        const char* exported_as;  // module attribute
+    };
+    static const type_row type_table[] = {
+        {&map_spec, &module_state::map_type, "PersistentMap"},
+        {&transient_spec, &module_state::transient_type, "TransientMap"},
+        {&iterator_spec, &module_state::iterator_type, "PersistentMapIterator"},
+        {&keys_spec, &module_state::keys_type, "PersistentMapKeys"},
+        {&values_spec, &module_state::values_type, "PersistentMapValues"},
+        {&items_spec, &module_state::items_type, "PersistentMapItems"},
+        {&atom_spec, &module_state::atom_type, "Atom"},
+    };
+    std::vector<py::object> types;
+    for (const type_row& row : type_table) {
+        types.push_back(py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(make_type(m, *row.spec))));
+        state->*row.slot = reinterpret_cast<PyTypeObject*>(types.back().ptr());
     }
-    for (const py::object& t : all_types) PyType_Modified(reinterpret_cast<PyTypeObject*>(t.ptr()));
+    // Each type keeps the state and all its sibling types alive through its own dict, so
+    // module_state's borrowed pointers stay valid for as long as any instance can use them.
+    py::tuple siblings(types.size());
+    for (std::size_t i = 0; i < types.size(); ++i) siblings[i] = types[i];
+    for (const py::object& t : types) {
+        auto* type = reinterpret_cast<PyTypeObject*>(t.ptr());
+        keep_alive(type, "_state", capsule.ptr());
+        keep_alive(type, "_types", siblings.ptr());
+        PyType_Modified(type);
+    }
 
     state->api.version = c_api_version;
     state->api.node_header_bytes = expected_node_header_bytes();
@@ -114,13 +113,7 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     if (!census) throw py::error_already_set();
     py::module_::import("gc").attr("callbacks").attr("append")(census);
 
-    m.attr("PersistentMap") = map_type;
-    m.attr("TransientMap") = transient_type;
-    m.attr("PersistentMapKeys") = keys_type;
-    m.attr("PersistentMapValues") = values_type;
-    m.attr("PersistentMapItems") = items_type;
-    m.attr("PersistentMapIterator") = iterator_type;
-    m.attr("Atom") = atom_type;
+    for (std::size_t i = 0; i < types.size(); ++i) m.attr(type_table[i].exported_as) = types[i];
 #ifdef Py_GIL_DISABLED
     m.attr("FREE_THREADED_BUILD") = true;
 #else

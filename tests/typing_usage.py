@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from typing import TYPE_CHECKING, Optional
 
-from pypersistent import PersistentMap, TransientMap
+from pypersistent import PersistentArrayMap, PersistentDict, PersistentMap, TransientMap
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type
@@ -96,6 +96,16 @@ def constructors() -> None:
     assert h == hash(b)
 
 
+def version_2_names() -> None:
+    d: PersistentDict[str, int] = PersistentDict.create(a=1)
+    assert_type(d, PersistentMap[str, int])
+    small = PersistentArrayMap.from_dict({"x": 1.5})
+    assert_type(small.items_list(), list[tuple[str, float]])
+    assert_type(d.keys_list(), list[str])
+    assert_type(d.values_list(), list[int])
+    assert d.items_list() == [("a", 1)] and small.values_list() == [1.5]
+
+
 def main() -> None:
     m = build()
     assert lookups(m) == 3
@@ -105,6 +115,7 @@ def main() -> None:
     assert edit(m) == {"a": 1, "b": 2, "q": 1}
     assert as_mapping(m) == 2
     constructors()
+    version_2_names()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,12 @@ from ._pypersistent import (
     TransientMap,
 )
 
-__all__ = ["Atom", "PersistentMap", "TransientMap", "FREE_THREADED_BUILD"]
+# pypersistent 2.0's names for the map. 2.0 had a separate PersistentArrayMap for maps of up to
+# 8 entries; here a small map is one CHAMP node, already an array, so both names are the map.
+PersistentDict = PersistentMap
+PersistentArrayMap = PersistentMap
+
+__all__ = ["Atom", "PersistentMap", "TransientMap", "PersistentDict", "PersistentArrayMap", "FREE_THREADED_BUILD"]
 __version__ = "0.1.0"
 
 _abc.Mapping.register(PersistentMap)
