@@ -1996,6 +1996,7 @@ class Result:
         self.hostile: collections.Counter = collections.Counter()
         self.failures: List[Failure] = []
         self.leaked = 0
+        self.unfinalized = 0  # instances freed without their __del__ body running (see run())
         self.leak_details = ""
         self.excluded: List[str] = []
 
@@ -2026,6 +2027,8 @@ class Result:
                 )
             else:
                 lines.append(f"(threads={self.threads}: not deterministic; first failure at thread {f.thread} step {f.step})")
+        if self.unfinalized:
+            lines.append(f"({self.unfinalized} instances were freed without their __del__ running: RecursionError at the call)")
         lines.append(f"adversarial fuzz: {self.steps} steps, {self.ops} operations, {len(self.failures)} failures")
         return "\n".join(lines)
 
@@ -2164,6 +2167,13 @@ def run(
         for _ in range(4):
             gc.collect()
         leaked = live_instances() - baseline
+        if leaked > 0 and not survivors():
+            # Every instance is gone, but some finalizers never ran their body: an object dropped
+            # at the recursion limit (hostile code recursing, deepcopy of deep values) has its
+            # __del__ call fail with RecursionError ("Exception ignored in ... __del__"), so the
+            # counter missed its end. Not a leak.
+            result.unfinalized = leaked
+            leaked = 0
         result.leaked = leaked
         if leaked > 0:
             result.leak_details = describe_leak()
@@ -2196,9 +2206,14 @@ def _final_checks(st: State) -> None:
         check_version(v)
 
 
+def survivors() -> List[Any]:
+    """The HKey/HVal instances still alive (the collector tracks every instance)."""
+    return [o for o in gc.get_objects() if type(o) in (HKey, HVal)]
+
+
 def describe_leak(limit: int = 5) -> str:
     """The survivors and what refers to them."""
-    survivors = [o for o in gc.get_objects() if type(o) in (HKey, HVal)]
+    survivors = globals()["survivors"]()
     lines = [f"{len(survivors)} tracked survivors"]
     for o in survivors[:limit]:
         refs = [type(r).__name__ for r in gc.get_referrers(o) if r is not survivors]
