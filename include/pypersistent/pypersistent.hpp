@@ -1,7 +1,10 @@
-// The whole header-only core: persistent_map, transient_map and their policies.
+// The whole header-only core: persistent_map, transient_map, persistent_vector,
+// transient_vector and their policies.
 // No Python here; see bridge.hpp for hosts that embed Python.
 #pragma once
 
 #include "persistent_map.hpp"
+#include "persistent_vector.hpp"
 #include "policy.hpp"
 #include "transient_map.hpp"
+#include "transient_vector.hpp"
