@@ -1,5 +1,7 @@
 // Google Benchmark comparison of pypersistent::persistent_map with immer::map and with a
-// std::unordered_map that is copied before every change (the naive way to get persistence).
+// std::unordered_map that is copied before every change (the naive way to get persistence),
+// and of pypersistent::persistent_vector with immer::vector (the vec_* benchmarks, see the
+// vectors section below).
 //
 // Benchmarks are named  op/library/size  (see README.md for the list of operations and how
 // benchmarks/cpp/make_table.py turns the JSON output into a table).
@@ -48,6 +50,8 @@
 #include <immer/map.hpp>
 #include <immer/map_transient.hpp>
 #include <immer/memory_policy.hpp>
+#include <immer/vector.hpp>
+#include <immer/vector_transient.hpp>
 #endif
 
 // ---- allocation counting --------------------------------------------------------------------
@@ -486,6 +490,135 @@ void register_library(std::size_t n) {
     }
 }
 
+// ---- vectors ----------------------------------------------------------------------------------
+//
+// pypersistent::persistent_vector against immer::vector (both 32-way tries with a tail, same
+// API for everything used here). Elements are the hit keys in order. Benchmarks are named
+// vec_<op>/library/size.
+
+struct vlib_pypersistent {
+    static constexpr const char* name = "pypersistent";
+    using vec = pypersistent::persistent_vector<V>;
+};
+#if PYPERSISTENT_BENCH_HAVE_IMMER
+struct vlib_immer {
+    static constexpr const char* name = "immer";
+    using vec = immer::vector<V>;
+};
+#endif
+
+template <class Vec>
+Vec build_vector(std::size_t n) {
+    const auto& values = insert_keys(n);
+    auto t = Vec{}.transient();
+    for (V x : values) t.push_back(x);
+    return t.persistent();
+}
+
+template <class L>
+const typename L::vec& base_vector(std::size_t n) {
+    static std::map<std::size_t, std::unique_ptr<typename L::vec>> cache;
+    auto& p = cache[n];
+    if (!p) p = std::make_unique<typename L::vec>(build_vector<typename L::vec>(n));
+    return *p;
+}
+
+// Random positions in [0, n): max(n, lookup_stream) of them, for the same reason as the lookups.
+const std::vector<std::size_t>& index_queries(std::size_t n) {
+    static std::map<std::size_t, std::vector<std::size_t>> cache;
+    auto& v = cache[n];
+    if (v.empty()) {
+        const std::size_t count = n > lookup_stream ? n : lookup_stream;
+        v.reserve(count);
+        for (std::size_t i = 0; i < count; ++i) v.push_back(splitmix64(0x1DE0000ull + i) % n);
+    }
+    return v;
+}
+
+// n persistent push_backs from the empty vector, each onto the previous version (which dies).
+template <class L>
+void bm_vec_push_back(benchmark::State& state, std::size_t n) {
+    const auto& values = insert_keys(n);
+    std::optional<typename L::vec> result;
+    for (auto _ : state) {
+        typename L::vec v;
+        for (V x : values) v = v.push_back(x);
+        result.emplace(std::move(v));
+        benchmark::DoNotOptimize(*result);
+        state.PauseTiming();
+        result.reset();
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+}
+
+// n push_backs on a transient, then persistent().
+template <class L>
+void bm_vec_push_back_transient(benchmark::State& state, std::size_t n) {
+    std::optional<typename L::vec> result;
+    for (auto _ : state) {
+        result.emplace(build_vector<typename L::vec>(n));
+        benchmark::DoNotOptimize(*result);
+        state.PauseTiming();
+        result.reset();
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+}
+
+template <class L>
+void bm_vec_index(benchmark::State& state, std::size_t n) {
+    const auto& v = base_vector<L>(n);
+    const auto& queries = index_queries(n);
+    for (auto _ : state) {
+        V sum = 0;
+        for (std::size_t i : queries) sum += v[i];
+        benchmark::DoNotOptimize(sum);
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * queries.size()));
+}
+
+template <class L>
+void bm_vec_iterate(benchmark::State& state, std::size_t n) {
+    const auto& v = base_vector<L>(n);
+    for (auto _ : state) {
+        V sum = 0;
+        for (V x : v) sum += x;
+        benchmark::DoNotOptimize(sum);
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+}
+
+constexpr std::size_t vec_set_count = 1000;
+
+// vec_set_count persistent sets at random positions in a chain from the full vector; every
+// version, the last one included, is destroyed within the timed region.
+template <class L>
+void bm_vec_set(benchmark::State& state, std::size_t n) {
+    const auto& base = base_vector<L>(n);
+    const auto& queries = index_queries(n);
+    for (auto _ : state) {
+        typename L::vec v = base;
+        for (std::size_t k = 0; k < vec_set_count; ++k) v = v.set(queries[k], static_cast<V>(k));
+        benchmark::DoNotOptimize(v);
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * vec_set_count));
+}
+
+template <class L>
+void register_vector_library(std::size_t n) {
+    const std::string lib = L::name;
+    auto reg = [&](const std::string& op, auto fn) {
+        return benchmark::RegisterBenchmark(("vec_" + op + "/" + lib + "/" + std::to_string(n)).c_str(), fn)
+            ->Unit(benchmark::kMicrosecond);
+    };
+    reg("push_back", [n](benchmark::State& s) { bm_vec_push_back<L>(s, n); });
+    reg("push_back_transient", [n](benchmark::State& s) { bm_vec_push_back_transient<L>(s, n); });
+    reg("index", [n](benchmark::State& s) { bm_vec_index<L>(s, n); });
+    reg("iterate", [n](benchmark::State& s) { bm_vec_iterate<L>(s, n); });
+    reg("set", [n](benchmark::State& s) { bm_vec_set<L>(s, n); });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -495,6 +628,12 @@ int main(int argc, char** argv) {
         register_library<lib_immer>(n);
 #endif
         register_library<lib_unordered_map>(n);
+    }
+    for (std::size_t n : {std::size_t(1000), std::size_t(100000), std::size_t(1000000)}) {
+        register_vector_library<vlib_pypersistent>(n);
+#if PYPERSISTENT_BENCH_HAVE_IMMER
+        register_vector_library<vlib_immer>(n);
+#endif
     }
 
     benchmark::Initialize(&argc, argv);

@@ -45,28 +45,31 @@ public:
     persistent_vector(InputIt first, InputIt last) : persistent_vector(from_range(first, last)) {}
 
     persistent_vector(const persistent_vector& other) noexcept : p_(other.p_) { trie::retain_parts(p_); }
-    persistent_vector(persistent_vector&& other) noexcept : p_(other.p_) { other.p_ = parts_type{}; }
+    persistent_vector(persistent_vector&& other) noexcept { p_.take_from(other.p_); }
     persistent_vector& operator=(const persistent_vector& other) noexcept {
         persistent_vector(other).swap(*this);
         return *this;
     }
     persistent_vector& operator=(persistent_vector&& other) noexcept {
-        persistent_vector(std::move(other)).swap(*this);
+        persistent_vector old(std::move(*this));  // released last
+        p_.take_from(other.p_);
         return *this;
     }
     ~persistent_vector() { trie::release_parts(p_); }
 
-    void swap(persistent_vector& other) noexcept { std::swap(p_, other.p_); }
+    void swap(persistent_vector& other) noexcept {
+        parts_type mine(p_);
+        p_ = other.p_;
+        other.p_ = mine;
+    }
 
     size_type size() const noexcept { return p_.size; }
     bool empty() const noexcept { return p_.size == 0; }
 
     // Unchecked: i < size().
     const T& operator[](size_type i) const noexcept {
-        if (i >= trie::tail_offset(p_.size)) return trie::values(p_.tail)[i & trie::mask];
-        const node_type* n = p_.root;
-        for (unsigned s = p_.shift; s > 0; s -= trie::bits) n = trie::children(n)[(i >> s) & trie::mask];
-        return trie::values(n)[i & trie::mask];
+        const node_type* leaf = i >= trie::tail_offset(p_.size) ? p_.tail : trie::descend(p_.root, p_.shift, i);
+        return trie::values(leaf)[i & trie::mask];
     }
     const T& at(size_type i) const {
         if (i >= p_.size) throw std::out_of_range("pypersistent::persistent_vector::at: index out of range");
@@ -76,34 +79,43 @@ public:
     const T& front() const noexcept { return (*this)[0]; }
     const T& back() const noexcept { return trie::values(p_.tail)[trie::tail_count(p_.size) - 1]; }
 
-    [[nodiscard]] persistent_vector push_back(const T& value) const { return persistent_vector(trie::push_back(p_, value)); }
+    [[nodiscard]] persistent_vector push_back(const T& value) const {
+        persistent_vector out;
+        trie::push_back(p_, value, out.p_);
+        return out;
+    }
 
     // Assigning a value the policy calls the same returns this very vector.
     [[nodiscard]] persistent_vector set(size_type i, const T& value) const {
         if (i >= p_.size) throw std::out_of_range("pypersistent::persistent_vector::set: index out of range");
-        parts_type out = p_;
+        persistent_vector out;
         if (i >= trie::tail_offset(p_.size)) {
-            out.tail = trie::with_value(p_.tail, static_cast<unsigned>(i & trie::mask), value, 0);
-            if (out.tail == p_.tail) return *this;
-            if (out.root) trie::retain(out.root);
+            node_type* tail = trie::with_value(p_.tail, static_cast<unsigned>(i & trie::mask), value, 0);
+            if (tail == p_.tail) return *this;
+            if (p_.root) trie::retain(p_.root);
+            out.p_ = parts_type(p_.root, tail, p_.size, p_.shift);
         } else {
-            out.root = trie::assoc(p_.root, p_.shift, i, value, 0);
-            if (out.root == p_.root) return *this;
-            trie::retain(out.tail);
+            node_type* root = trie::assoc(p_.root, p_.shift, i, value, 0);
+            if (root == p_.root) return *this;
+            trie::retain(p_.tail);
+            out.p_ = parts_type(root, p_.tail, p_.size, p_.shift);
         }
-        return persistent_vector(out);
+        return out;
     }
 
     [[nodiscard]] persistent_vector pop_back() const {
         if (p_.size == 0) throw std::out_of_range("pypersistent::persistent_vector::pop_back: empty vector");
-        return persistent_vector(trie::pop_back(p_));
+        persistent_vector out;
+        trie::pop_back(p_, out.p_);
+        return out;
     }
 
     // The first n elements (all of them if n >= size()), sharing every leaf but the new tail.
     [[nodiscard]] persistent_vector take(size_type n) const {
         if (n >= p_.size) return *this;
-        if (n == 0) return persistent_vector();
-        return persistent_vector(trie::take(p_, n));
+        persistent_vector out;
+        if (n > 0) trie::take(p_, n, out.p_);
+        return out;
     }
     // All but the first n elements: a copy of them, O(size() - n).
     [[nodiscard]] persistent_vector drop(size_type n) const { return slice(n, p_.size); }
@@ -166,8 +178,8 @@ public:
     static persistent_vector adopt(const parts_type& raw) noexcept { return persistent_vector(raw); }
     // Gives up this vector's references to its nodes; the vector becomes empty.
     parts_type release_parts() noexcept {
-        parts_type out = p_;
-        p_ = parts_type{};
+        parts_type out;
+        out.take_from(p_);
         return out;
     }
 

@@ -36,17 +36,17 @@ public:
     }
     transient_vector(const transient_vector&) = delete;
     transient_vector& operator=(const transient_vector&) = delete;
-    transient_vector(transient_vector&& other) noexcept : p_(other.p_), owner_(other.owner_) {
-        other.p_ = parts_type{};
+    transient_vector(transient_vector&& other) noexcept : owner_(other.owner_) {
+        p_.take_from(other.p_);
         other.owner_ = next_owner_token();
     }
     transient_vector& operator=(transient_vector&& other) noexcept {
         if (this != &other) {
             // Released last: a release may run foreign code that looks at this transient.
-            const parts_type old = p_;
-            p_ = other.p_;
+            parts_type old;
+            old.take_from(p_);
+            p_.take_from(other.p_);
             owner_ = other.owner_;
-            other.p_ = parts_type{};
             other.owner_ = next_owner_token();
             trie::release_parts(old);
         }
@@ -70,9 +70,12 @@ public:
     void push_back(const T& value) {
         [[maybe_unused]] typename Policy::edit_scope scope;
         // A non-empty tail with room that this transient made: the value goes straight in.
-        if ((p_.size & trie::mask) != 0 && p_.tail->owner == owner_) {
-            trie::append_value(p_.tail, value);
-            ++p_.size;
+        const size_type size = p_.size;
+        const unsigned in_tail = static_cast<unsigned>(size & trie::mask);
+        node_type* tail = p_.tail;
+        if (in_tail != 0 && tail->owner == owner_) {
+            trie::append_value_at(tail, in_tail, value);
+            p_.size = size + 1;
             return;
         }
         push_back_slow(value);
@@ -92,8 +95,8 @@ public:
         if (p_.size == 0) throw std::out_of_range("pypersistent::transient_vector::pop_back: empty vector");
         [[maybe_unused]] typename Policy::edit_scope scope;
         if (p_.size == 1) {
-            const parts_type old = p_;
-            p_ = parts_type{};
+            parts_type old;
+            old.take_from(p_);
             trie::release_parts(old);
             return;
         }
@@ -146,6 +149,10 @@ public:
     iterator iterator_at(size_type i) const noexcept { return iterator(p_, i); }
 
 private:
+    // Out of line, so that a loop of push_backs keeps its own state in registers.
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((noinline))
+#endif
     void push_back_slow(const T& value) {
         if (!p_.tail) {
             p_.tail = trie::single_leaf(value, trie::branches, owner_);

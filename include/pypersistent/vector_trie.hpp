@@ -61,22 +61,49 @@ struct vector_trie {
                   "values must be nothrow swappable: a transient replaces a value in place by swapping");
     static_assert(alignof(T) <= alignof(std::max_align_t), "over-aligned values are not supported");
 
+    // count and capacity are not single bytes: a store to a char-sized field may alias anything,
+    // and the compiler would reload the whole vector after every append.
     struct node {
         refcount_type refs;
-        std::uint8_t count;     // slots in use: children of an inner node, values of a leaf
-        std::uint8_t capacity;  // slots allocated
+        std::uint16_t count;     // slots in use: children of an inner node, values of a leaf
+        std::uint16_t capacity;  // slots allocated
         owner_t owner;
 
-        node(unsigned cap, owner_t own) noexcept : refs(1), count(0), capacity(static_cast<std::uint8_t>(cap)), owner(own) {}
+        node(unsigned cap, owner_t own) noexcept : refs(1), count(0), capacity(static_cast<std::uint16_t>(cap)), owner(own) {}
     };
 
     // Everything a vector is. Whoever holds a parts (a persistent or transient vector) holds one
     // reference to its root and one to its tail.
+    //
+    // Vectors move parts field by field (take_from), never as a whole struct: compilers copy a
+    // whole struct with 16-byte loads, and when its fields were just written one by one (as an
+    // update's result is), those loads cannot be forwarded from the pending 8-byte stores and
+    // stall. The order of the fields keeps the two pointers apart, so that a field-by-field copy
+    // is not merged back into wide loads either.
     struct parts {
         node* root = nullptr;  // null while every element fits in the tail
-        node* tail = nullptr;  // null exactly when the vector is empty
         size_type size = 0;
-        unsigned shift = 0;  // the root's level; 0 when the root is a leaf
+        node* tail = nullptr;  // null exactly when the vector is empty
+        unsigned shift = 0;    // the root's level; 0 when the root is a leaf
+
+        parts() noexcept = default;
+        parts(node* r, node* t, size_type n, unsigned s) noexcept : root(r), size(n), tail(t), shift(s) {}
+        parts(const parts& o) noexcept : root(o.root), size(o.size), tail(o.tail), shift(o.shift) {}
+        parts& operator=(const parts& o) noexcept {
+            root = o.root;
+            size = o.size;
+            tail = o.tail;
+            shift = o.shift;
+            return *this;
+        }
+        // Takes o's contents and leaves it empty.
+        void take_from(parts& o) noexcept {
+            *this = o;
+            o.root = nullptr;
+            o.size = 0;
+            o.tail = nullptr;
+            o.shift = 0;
+        }
     };
 
     // The number of elements in the trie, i.e. the index of the tail's first element.
@@ -162,19 +189,24 @@ struct vector_trie {
     }
 
     // Appends a copy of `v` to a leaf with room. If the copy throws, the leaf is unchanged.
-    static void append_value(node* leaf, const T& v) {
-        assert(leaf->count < leaf->capacity);
-        T* slot = new (values(leaf) + leaf->count) T(v);
+    static void append_value(node* leaf, const T& v) { append_value_at(leaf, leaf->count, v); }
+    // The same, for a caller that knows the leaf's count: no load of it.
+    static void append_value_at(node* leaf, unsigned count, const T& v) {
+        assert(count == leaf->count && count < leaf->capacity);
+        T* slot = new (values(leaf) + count) T(v);
         Policy::retain(*slot);
-        ++leaf->count;
+        leaf->count = static_cast<std::uint16_t>(count + 1);
     }
     static void append_values(node* leaf, const T* from, unsigned count) {
         assert(leaf->count + count <= leaf->capacity);
         if constexpr (std::is_trivially_copyable<T>::value) {
+            // A plain loop: compilers turn it into a memcpy call, where an explicit memcpy of
+            // a variable length may be expanded inline as `rep movs`, slow to start for the
+            // short copies made here.
             T* to = values(leaf) + leaf->count;
-            if (count) std::memcpy(static_cast<void*>(to), from, count * sizeof(T));
+            for (unsigned i = 0; i < count; ++i) new (to + i) T(from[i]);
             for (unsigned i = 0; i < count; ++i) Policy::retain(to[i]);
-            leaf->count = static_cast<std::uint8_t>(leaf->count + count);
+            leaf->count = static_cast<std::uint16_t>(leaf->count + count);
         } else {
             for (unsigned i = 0; i < count; ++i) append_value(leaf, from[i]);
         }
@@ -205,12 +237,16 @@ struct vector_trie {
         return g.hand_over();
     }
 
+    // The leaf of the trie under `n` (at `shift`) that holds element i.
+    static const node* descend(const node* n, unsigned shift, size_type i) noexcept {
+        for (; shift > 0; shift -= bits) n = children(n)[(i >> shift) & mask];
+        return n;
+    }
+
     // The leaf (a trie leaf or the tail) that holds element i < p.size.
     static const node* leaf_for(const parts& p, size_type i) noexcept {
         if (i >= tail_offset(p.size)) return p.tail;
-        const node* n = p.root;
-        for (unsigned s = p.shift; s > 0; s -= bits) n = children(n)[(i >> s) & mask];
-        return n;
+        return descend(p.root, p.shift, i);
     }
 
     // ---- updates ------------------------------------------------------------------------
@@ -387,12 +423,12 @@ struct vector_trie {
 
     // ---- persistent operations: a new parts holding new references; `p` is left as it was ----
 
-    static parts push_back(const parts& p, const T& v) {
-        parts out = p;
-        out.size = p.size + 1;
+    // `out` is empty on entry; it receives references of its own.
+    static void push_back(const parts& p, const T& v, parts& out) {
         if (!p.tail) {
             out.tail = single_leaf(v, 1, 0);
-            return out;
+            out.size = 1;
+            return;
         }
         const size_type tree_size = tail_offset(p.size);
         const unsigned count = static_cast<unsigned>(p.size - tree_size);
@@ -400,48 +436,55 @@ struct vector_trie {
             node_guard tail{copy_leaf(p.tail, count, count + 1, 0), 0};
             append_value(tail.n, v);
             if (p.root) retain(p.root);
+            out.root = p.root;
+            out.shift = p.shift;
             out.tail = tail.hand_over();
-            return out;
+            out.size = p.size + 1;
+            return;
         }
         node_guard tail{single_leaf(v, 1, 0), 0};
-        out.root = push_leaf(p.root, out.shift, tree_size, p.tail, 0);
+        unsigned shift = p.shift;
+        out.root = push_leaf(p.root, shift, tree_size, p.tail, 0);
+        out.shift = shift;
         out.tail = tail.hand_over();
-        return out;
+        out.size = p.size + 1;
     }
 
-    static parts pop_back(const parts& p) {
+    static void pop_back(const parts& p, parts& out) {
         assert(p.size > 0);
-        if (p.size == 1) return parts{};
-        parts out = p;
-        out.size = p.size - 1;
+        if (p.size == 1) return;
         const size_type tree_size = tail_offset(p.size);
         const unsigned count = static_cast<unsigned>(p.size - tree_size);
         if (count > 1) {
             out.tail = copy_leaf(p.tail, count - 1, count - 1, 0);
             if (p.root) retain(p.root);
-            return out;
+            out.root = p.root;
+            out.shift = p.shift;
+            out.size = p.size - 1;
+            return;
         }
         // The trie's last leaf becomes the tail.
         node* leaf = const_cast<node*>(leaf_for(p, tree_size - 1));
         retain(leaf);
         node_guard tail{leaf, 0};
-        out.root = pop_leaf(p.root, out.shift, tree_size - 1, 0);
+        unsigned shift = p.shift;
+        out.root = pop_leaf(p.root, shift, tree_size - 1, 0);
+        out.shift = shift;
         out.tail = tail.hand_over();
-        return out;
+        out.size = p.size - 1;
     }
 
     // The first n elements, 0 < n < p.size.
-    static parts take(const parts& p, size_type n) {
+    static void take(const parts& p, size_type n, parts& out) {
         assert(n > 0 && n < p.size);
-        parts out;
-        out.size = n;
         const size_type old_tree = tail_offset(p.size);
         if (n > old_tree) {  // the trie stays, the tail shrinks
             out.tail = copy_leaf(p.tail, static_cast<unsigned>(n - old_tree), static_cast<unsigned>(n - old_tree), 0);
+            if (p.root) retain(p.root);
             out.root = p.root;
             out.shift = p.shift;
-            if (p.root) retain(p.root);
-            return out;
+            out.size = n;
+            return;
         }
         const size_type tree = tail_offset(n);
         const unsigned count = static_cast<unsigned>(n - tree);
@@ -460,7 +503,7 @@ struct vector_trie {
             out.shift = shift;
         }
         out.tail = tail.hand_over();
-        return out;
+        out.size = n;
     }
 
     static void release_parts(const parts& p) noexcept {
