@@ -194,12 +194,19 @@ mkdir -p "$root/build-sanitizers"
 # ---- ThreadSanitizer --------------------------------------------------------------------------
 
 if [ "$which" != asan ]; then
-    configure_and_build tsan "-fsanitize=thread" cpp_map_stress cpp_atom_stress
+    tsan_targets=(cpp_map_stress cpp_atom_stress)
+    [ "$have_unit_tests" -eq 1 ] && tsan_targets+=(test_vector)
+    configure_and_build tsan "-fsanitize=thread" "${tsan_targets[@]}"
     dir="$root/build-sanitizers/tsan"
     run_step "tsan: cpp_map_stress $mode" "$dir/cpp_map_stress.$mode.log" \
         "$dir/stress/cpp_map_stress" "${stress_args[@]}"
     run_step "tsan: cpp_atom_stress $mode" "$dir/cpp_atom_stress.$mode.log" \
         "$dir/stress/cpp_atom_stress" "${atom_args[@]}"
+    if [ "$have_unit_tests" -eq 1 ]; then
+        # The vector's many-thread unit test (the other unit tests are single-threaded).
+        run_step "tsan: test_vector threads" "$dir/test_vector.threads.log" \
+            "$dir/tests/cpp/test_vector" --gtest_filter='VectorThreads.*'
+    fi
 fi
 
 # ---- AddressSanitizer + UndefinedBehaviorSanitizer -------------------------------------------

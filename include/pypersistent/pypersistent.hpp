@@ -1,6 +1,6 @@
 // The whole header-only core: persistent_map, transient_map, persistent_vector,
 // transient_vector and their policies.
-// No Python here; see bridge.hpp for hosts that embed Python.
+// No Python here; see python_bridge.hpp for hosts that embed Python.
 #pragma once
 
 #include "persistent_map.hpp"
