@@ -46,19 +46,26 @@ struct python_error {};
 // scope it opens itself is released when it closes, inside the window.
 struct deferred_releases {
 private:
+    // One edit drops a few references at most (an entry pushed one level down, a replaced
+    // value): they wait in a small inline array, so scopes opened for every edit allocate
+    // nothing; only more than that (a merge that frees a subtree) spills into a vector.
+    static constexpr unsigned inline_capacity = 6;
+
     // Trivial, so the thread-local needs no constructor guard and no exit hook, and (on ELF)
     // the initial-exec model makes each access one load instead of a __tls_get_addr call:
-    // every Py_DECREF of a key or value goes through here. It costs 16 bytes of the static TLS
+    // every Py_DECREF of a key or value goes through here. It costs 64 bytes of the static TLS
     // space that glibc reserves for modules loaded later.
     struct per_thread {
         int depth;
-        std::vector<PyObject*>* pending;  // allocated only while something is deferred
+        unsigned held;                         // used slots of `inline_held`
+        std::vector<PyObject*>* pending;       // the overflow, allocated only when needed
+        PyObject* inline_held[inline_capacity];
     };
     static per_thread& state() noexcept {
 #if defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
-        static thread_local per_thread value __attribute__((tls_model("initial-exec"))) = {0, nullptr};
+        static thread_local per_thread value __attribute__((tls_model("initial-exec"))) = {0, 0, nullptr, {}};
 #else
-        static thread_local per_thread value = {0, nullptr};
+        static thread_local per_thread value = {0, 0, nullptr, {}};
 #endif
         return value;
     }
@@ -67,7 +74,7 @@ public:
     deferred_releases() noexcept { ++state().depth; }
     ~deferred_releases() {
         per_thread& s = state();
-        if (--s.depth == 0 && s.pending) release_pending(s);
+        if (--s.depth == 0 && (s.held || s.pending)) release_pending(s);
     }
     deferred_releases(const deferred_releases&) = delete;
     deferred_releases& operator=(const deferred_releases&) = delete;
@@ -79,6 +86,10 @@ public:
             Py_DECREF(o);
             return;
         }
+        if (s.held < inline_capacity) {
+            s.inline_held[s.held++] = o;
+            return;
+        }
         try {
             if (!s.pending) s.pending = new std::vector<PyObject*>();
             s.pending->push_back(o);
@@ -87,36 +98,43 @@ public:
         }
     }
 
-    // Suspends the open scopes of this thread while Python code runs (see above).
+    // Suspends the open scopes of this thread while Python code runs (see above): their held
+    // references are set aside, and scopes the code opens start empty.
     class user_code_window {
     public:
-        user_code_window() noexcept : state_(state()), depth_(state_.depth), pending_(state_.pending) {
+        user_code_window() noexcept : state_(state()), saved_(state_) {
             state_.depth = 0;
+            state_.held = 0;
             state_.pending = nullptr;
         }
-        ~user_code_window() {
-            state_.depth = depth_;
-            state_.pending = pending_;
-        }
+        ~user_code_window() { state_ = saved_; }
         user_code_window(const user_code_window&) = delete;
         user_code_window& operator=(const user_code_window&) = delete;
 
     private:
         per_thread& state_;
-        int depth_;
-        std::vector<PyObject*>* pending_;
+        per_thread saved_;
     };
 
 private:
+    // Runs with depth 0: what the Py_DECREFs run (a __del__) releases at once or in scopes of
+    // its own, which empty themselves; this loop only ever takes what was held before.
 #if defined(__GNUC__) || defined(__clang__)
     __attribute__((noinline))
 #endif
     static void release_pending(per_thread& s) noexcept {
-        while (s.pending) {
+        while (s.held || s.pending) {
+            PyObject* batch_inline[inline_capacity];
+            const unsigned n = s.held;
+            for (unsigned i = 0; i < n; ++i) batch_inline[i] = s.inline_held[i];
+            s.held = 0;
             std::vector<PyObject*>* batch = s.pending;
             s.pending = nullptr;
-            for (PyObject* o : *batch) Py_DECREF(o);
-            delete batch;
+            for (unsigned i = 0; i < n; ++i) Py_DECREF(batch_inline[i]);
+            if (batch) {
+                for (PyObject* o : *batch) Py_DECREF(o);
+                delete batch;
+            }
         }
     }
 };
