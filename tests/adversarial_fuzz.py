@@ -264,10 +264,12 @@ def _hostile_del(act: int) -> None:
         absorb(c, e)
 
 
-class HKey:
-    """A hostile key. Equal n means equal keys when behaving; hash is n % BUCKETS."""
+class _Hostile:
+    """What hostile keys and values share. Equal n (and the same class) means equal when
+    behaving; the hash is n % BUCKETS."""
 
     __slots__ = ("n", "h", "traits", "flip", "__weakref__")
+    prefix = "?"
 
     def __init__(self, n: int, traits: int = 0) -> None:
         self.n = n
@@ -277,7 +279,7 @@ class HKey:
         _counter()[0] += 1
 
     def __reduce__(self) -> Any:
-        return (HKey, (self.n, self.traits))
+        return (type(self), (self.n, self.traits))
 
     def __hash__(self) -> int:
         act = self.traits & MODE[0]
@@ -288,11 +290,11 @@ class HKey:
     def __eq__(self, other: object) -> Any:
         act = self.traits & MODE[0]
         if not act & T_EQY:
-            return type(other) is HKey and self.n == other.n  # type: ignore[attr-defined]
+            return type(other) is type(self) and self.n == other.n  # type: ignore[attr-defined]
         return _hostile_eq(self, other, act)
 
     def __repr__(self) -> str:
-        return f"K{self.n}"
+        return f"{self.prefix}{self.n}"
 
     def __del__(self) -> None:
         try:
@@ -304,45 +306,19 @@ class HKey:
             pass
 
 
-class HVal:
+class HKey(_Hostile):
+    """A hostile key."""
+
+    __slots__ = ()
+    prefix = "K"
+
+
+class HVal(_Hostile):
     """A hostile value: its __hash__ (hash(map)), __eq__ (map == map) and __del__ (when a
     map drops it) misbehave like HKey's."""
 
-    __slots__ = ("n", "h", "traits", "flip", "__weakref__")
-
-    def __init__(self, n: int, traits: int = 0) -> None:
-        self.n = n
-        self.h = n % BUCKETS
-        self.traits = traits
-        self.flip = 0
-        _counter()[0] += 1
-
-    def __reduce__(self) -> Any:
-        return (HVal, (self.n, self.traits))
-
-    def __hash__(self) -> int:
-        act = self.traits & MODE[0]
-        if not act & T_HASHY:
-            return self.h
-        return _hostile_hash(self, act)
-
-    def __eq__(self, other: object) -> Any:
-        act = self.traits & MODE[0]
-        if not act & T_EQY:
-            return type(other) is HVal and self.n == other.n  # type: ignore[attr-defined]
-        return _hostile_eq(self, other, act)
-
-    def __repr__(self) -> str:
-        return f"V{self.n}"
-
-    def __del__(self) -> None:
-        try:
-            _counter()[1] += 1
-            act = self.traits & MODE[0]
-            if act & T_DEL:
-                _hostile_del(act)
-        except BaseException:  # noqa: BLE001
-            pass
+    __slots__ = ()
+    prefix = "V"
 
 
 class HMapping:
