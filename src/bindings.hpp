@@ -45,7 +45,7 @@ struct gc_census {
     bool collecting = false;
 #endif
     visitproc decref_visit = nullptr;
-    std::unordered_map<const object_trie::node*, tally> nodes;  // shared nodes met in this pass
+    std::unordered_map<const void*, tally> nodes;               // shared nodes met in this pass
     std::unordered_set<const PyObject*> holders;                 // holders counted in this pass
     bool reached = false;                                        // a non-decref pass has run since
     void reset() noexcept;
@@ -62,6 +62,9 @@ struct module_state {
     PyTypeObject* values_type = nullptr;
     PyTypeObject* items_type = nullptr;
     PyTypeObject* atom_type = nullptr;
+    PyTypeObject* list_type = nullptr;
+    PyTypeObject* transient_list_type = nullptr;
+    PyTypeObject* list_iterator_type = nullptr;
     // What the _C_API capsule hands to C++ hosts (python_bridge.hpp); filled in module.cpp.
     c_api api{};
     gc_census census;
@@ -205,6 +208,26 @@ PyObject* census_callback(PyObject* self, PyObject* const* args, Py_ssize_t narg
 // The C API entry for Atoms (atom_object.cpp).
 int atom_current_root(PyObject* atom, object_trie::node** root, std::size_t* size);
 
+// ---- PersistentList (list_object.cpp) ----------------------------------------------------
+
+struct ListObject {
+    PyObject_HEAD
+    object_vector vec;
+    // -1 until computed; racing threads compute and store the same value.
+    std::atomic<Py_hash_t> hash;
+    PyObject* weakreflist;
+    module_state* state;
+};
+
+// Like TransientObject: a critical section and the `busy` flag around every operation.
+struct TransientListObject {
+    PyObject_HEAD
+    object_vector_transient* transient;  // nullptr once persistent() was called
+    bool busy;
+    PyObject* weakreflist;
+    module_state* state;
+};
+
 // ---- type specs --------------------------------------------------------------------------
 extern PyType_Spec map_spec;
 extern PyType_Spec transient_spec;
@@ -213,5 +236,8 @@ extern PyType_Spec keys_spec;
 extern PyType_Spec values_spec;
 extern PyType_Spec items_spec;
 extern PyType_Spec atom_spec;
+extern PyType_Spec list_spec;
+extern PyType_Spec transient_list_spec;
+extern PyType_Spec list_iterator_spec;
 
 }  // namespace pypersistent::python

@@ -1,4 +1,5 @@
-// What the cycle collector sees through trie nodes that several maps share.
+// What the cycle collector sees through trie nodes that several maps (or lists) share. The walk
+// itself, written once for every node type through small traits, is in gc_census.hpp.
 //
 // Nodes are not Python objects, so the collector cannot count their references itself. A map's
 // tp_traverse shows it the Python references in the map's trie, and the census below makes it
@@ -37,79 +38,10 @@
 #include <mutex>
 #include <new>
 
-#include "bindings.hpp"
+#include "gc_census.hpp"
 
 namespace pypersistent::python {
 namespace {
-
-using node = object_trie::node;
-
-enum class census_mode { outside, decref, reach };
-
-// Visits the references of nodes reachable from `n` through reference-count-1 chains only.
-int visit_private(const node* n, visitproc visit, void* arg) {
-    if (n->refs.load() != 1) return 0;
-    const auto* entries = object_trie::entries(n);
-    for (unsigned i = 0, c = object_trie::entry_count(n); i < c; ++i) {
-        Py_VISIT(entries[i].first);
-        Py_VISIT(entries[i].second);
-    }
-    const auto* children = object_trie::children(n);
-    for (unsigned i = 0, c = object_trie::child_count(n); i < c; ++i) {
-        if (const int r = visit_private(children[i], visit, arg)) return r;
-    }
-    return 0;
-}
-
-// One holder's walk in a collection: every reference of the trie from one root or parent slot
-// goes through edge(), which applies the rules above.
-class census_walk {
-public:
-    census_walk(gc_census& census, census_mode mode, visitproc visit, void* arg)
-        : census_(census), decref_(mode == census_mode::decref), visit_(visit), arg_(arg) {}
-
-    int edge(const node* n) {
-        const std::uint32_t holders = n->refs.load();
-        if (holders == 1) return contents(n);
-        gc_census::tally* t = nullptr;
-        try {
-            t = &census_.nodes[n];
-        } catch (const std::bad_alloc&) {
-            // No room to count: the decref pass leaves the node uncounted (its contents stay
-            // alive); other passes visit it without deduplication.
-            return decref_ ? 0 : contents(n);
-        }
-        if (decref_) {
-            if (++t->holders != holders) return 0;
-        } else {
-            if (t->reach_visit == visit_ && t->reach_arg == arg_) return 0;
-            t->reach_visit = visit_;
-            t->reach_arg = arg_;
-        }
-        return contents(n);
-    }
-
-private:
-    int contents(const node* n) {
-        const auto* entries = object_trie::entries(n);
-        visitproc visit = visit_;
-        void* arg = arg_;
-        for (unsigned i = 0, c = object_trie::entry_count(n); i < c; ++i) {
-            Py_VISIT(entries[i].first);
-            Py_VISIT(entries[i].second);
-        }
-        const auto* children = object_trie::children(n);
-        for (unsigned i = 0, c = object_trie::child_count(n); i < c; ++i) {
-            if (const int r = edge(children[i])) return r;
-        }
-        return 0;
-    }
-
-    gc_census& census_;
-    const bool decref_;
-    const visitproc visit_;
-    void* const arg_;
-};
 
 census_mode classify(gc_census& census, PyObject* holder, visitproc visit, void* arg) {
 #ifdef Py_GIL_DISABLED
@@ -127,46 +59,30 @@ census_mode classify(gc_census& census, PyObject* holder, visitproc visit, void*
 #endif
 }
 
-int census_traverse(gc_census& census, census_mode mode, PyObject* holder, const node* root, visitproc visit,
-                    void* arg) {
-    if (mode == census_mode::decref) {
-        // A second subtraction in the same collection (the resurrection check) starts afresh.
-        bool counted_before = false;
-        try {
-            counted_before = !census.holders.insert(holder).second;
-        } catch (const std::bad_alloc&) {
-            return visit_private(root, visit, arg);
-        }
-        if (census.reached || counted_before) {
-            census.reset();
-            try {
-                census.holders.insert(holder);
-            } catch (const std::bad_alloc&) {
-                return visit_private(root, visit, arg);
-            }
-        }
-    } else {
-        census.reached = true;
-    }
-    return census_walk(census, mode, visit, arg).edge(root);
-}
-
 }  // namespace
 
-int traverse_trie(PyObject* holder, module_state* state, const node* root, visitproc visit, void* arg) {
-    if (!root) return 0;
-    gc_census& census = state->census;
-#ifdef Py_GIL_DISABLED
-    if (census.collector.load(std::memory_order_relaxed) != 0) {
-        std::lock_guard<std::mutex> lock(census.lock);
-        const census_mode mode = classify(census, holder, visit, arg);
-        if (mode != census_mode::outside) return census_traverse(census, mode, holder, root, visit, arg);
-    }
-#else
+census_mode census_enter(gc_census& census, PyObject* holder, visitproc visit, void* arg) {
     const census_mode mode = classify(census, holder, visit, arg);
-    if (mode != census_mode::outside) return census_traverse(census, mode, holder, root, visit, arg);
-#endif
-    return visit_private(root, visit, arg);
+    if (mode == census_mode::outside) return mode;
+    if (mode == census_mode::reach) {
+        census.reached = true;
+        return mode;
+    }
+    // A second subtraction in the same collection (the resurrection check) starts afresh.
+    try {
+        const bool counted_before = !census.holders.insert(holder).second;
+        if (census.reached || counted_before) {
+            census.reset();
+            census.holders.insert(holder);
+        }
+    } catch (const std::bad_alloc&) {
+        return census_mode::outside;  // cannot count: private nodes only
+    }
+    return mode;
+}
+
+int traverse_trie(PyObject* holder, module_state* state, const object_trie::node* root, visitproc visit, void* arg) {
+    return traverse_nodes<map_node_traits>(holder, state, &root, 1, visit, arg);
 }
 
 void gc_census::reset() noexcept {

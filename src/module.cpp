@@ -78,6 +78,9 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
         {&values_spec, &module_state::values_type, "PersistentMapValues"},
         {&items_spec, &module_state::items_type, "PersistentMapItems"},
         {&atom_spec, &module_state::atom_type, "Atom"},
+        {&list_spec, &module_state::list_type, "PersistentList"},
+        {&transient_list_spec, &module_state::transient_list_type, "TransientList"},
+        {&list_iterator_spec, &module_state::list_iterator_type, "PersistentListIterator"},
     };
     std::vector<py::object> types;
     for (const type_row& row : type_table) {

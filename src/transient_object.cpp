@@ -4,40 +4,16 @@
 #include <utility>
 
 #include "bindings.hpp"
+#include "transient_support.hpp"
 
 namespace pypersistent::python {
 namespace {
 
 TransientObject* as_transient(PyObject* o) { return reinterpret_cast<TransientObject*>(o); }
 
-// Runs body(transient) with the transient locked; returns `failed` with a Python error set if
-// the transient is finished or in use, or if body throws.
 template <class R, class F>
 R locked(PyObject* self, R failed, F&& body) {
-    TransientObject* t = as_transient(self);
-    R result = failed;
-    Py_BEGIN_CRITICAL_SECTION(self);
-    if (!t->transient) {
-        PyErr_SetString(PyExc_RuntimeError, "this TransientMap is finished: persistent() was already called");
-    } else if (t->busy) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "TransientMap used from two places at once (another thread, or its own keys' "
-                        "__hash__/__eq__)");
-    } else {
-        t->busy = true;
-        try {
-            result = body(*t->transient);
-        } catch (const python_error&) {
-            result = failed;
-        } catch (const std::bad_alloc&) {
-            // Every trie operation is strong: the transient is unchanged and stays usable.
-            PyErr_NoMemory();
-            result = failed;
-        }
-        t->busy = false;
-    }
-    Py_END_CRITICAL_SECTION();
-    return result;
+    return locked_transient<TransientObject>(self, "TransientMap", failed, std::forward<F>(body));
 }
 
 bool set_item(object_transient& t, PyObject* key, PyObject* value) {
@@ -169,37 +145,10 @@ PyObject* transient_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
 // Leaving the with-block finishes the transient (if persistent() has not already).
 PyObject* transient_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
-    TransientObject* obj = as_transient(self);
-    object_transient* dropped = nullptr;
-    bool refused = false;
-    Py_BEGIN_CRITICAL_SECTION(self);
-    if (obj->busy) {
-        refused = true;
-    } else {
-        dropped = obj->transient;
-        obj->transient = nullptr;
-    }
-    Py_END_CRITICAL_SECTION();
-    if (refused) {
-        PyErr_SetString(PyExc_RuntimeError, "TransientMap is in use by another thread");
-        return nullptr;
-    }
-    delete dropped;  // outside the critical section: dropping values may run arbitrary code
-    Py_RETURN_FALSE;
+    return exit_transient<TransientObject>(self, "TransientMap");
 }
 
-PyObject* transient_repr(PyObject* self) {
-    TransientObject* obj = as_transient(self);
-    Py_ssize_t size = -1;
-    bool busy = false;
-    Py_BEGIN_CRITICAL_SECTION(self);
-    busy = obj->busy;
-    if (obj->transient && !busy) size = static_cast<Py_ssize_t>(obj->transient->size());
-    Py_END_CRITICAL_SECTION();
-    if (busy) return PyUnicode_FromString("TransientMap(<in use>)");
-    if (size < 0) return PyUnicode_FromString("TransientMap(<finished>)");
-    return PyUnicode_FromFormat("TransientMap(<%zd items>)", size);
-}
+PyObject* transient_repr(PyObject* self) { return repr_transient<TransientObject>(self, "TransientMap"); }
 
 int transient_traverse(PyObject* self, visitproc visit, void* arg) {
     Py_VISIT(Py_TYPE(self));

@@ -212,6 +212,10 @@ struct object_policy : pypersistent::default_policy {
 using object_map = pypersistent::persistent_map<PyObject*, PyObject*, object_hash, object_equal, object_equal, object_policy>;
 using object_transient = object_map::transient_type;
 using object_trie = object_map::trie;
+// PersistentList's vector over the same policy (strong references, deferred releases).
+using object_vector = pypersistent::persistent_vector<PyObject*, object_policy>;
+using object_vector_transient = object_vector::transient_type;
+using object_vector_trie = object_vector::trie;
 
 inline pypersistent::hash_t to_trie_hash(Py_hash_t h) { return static_cast<pypersistent::hash_t>(h); }
 

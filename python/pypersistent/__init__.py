@@ -29,6 +29,9 @@ from ._pypersistent import (
     PersistentMapIterator,
     PersistentMapKeys,
     PersistentMapValues,
+    PersistentList,
+    PersistentListIterator,
+    TransientList,
     TransientMap,
 )
 
@@ -38,6 +41,7 @@ PersistentDict = PersistentMap
 PersistentArrayMap = PersistentMap
 
 __all__ = ["Atom", "PersistentMap", "TransientMap", "PersistentDict", "PersistentArrayMap", "FREE_THREADED_BUILD"]
+__all__ += ["PersistentList", "TransientList"]
 __version__ = "0.1.0"
 
 _abc.Mapping.register(PersistentMap)
@@ -45,3 +49,5 @@ _abc.KeysView.register(PersistentMapKeys)
 _abc.ValuesView.register(PersistentMapValues)
 _abc.ItemsView.register(PersistentMapItems)
 _abc.Iterator.register(PersistentMapIterator)
+_abc.Sequence.register(PersistentList)
+_abc.Iterator.register(PersistentListIterator)
