@@ -7,10 +7,11 @@ must hold at run time too.
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import TYPE_CHECKING, Optional
 
 from pypersistent import PersistentArrayMap, PersistentDict, PersistentMap, TransientMap
+from pypersistent import PersistentList, TransientList
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type
@@ -106,6 +107,43 @@ def version_2_names() -> None:
     assert d.items_list() == [("a", 1)] and small.values_list() == [1.5]
 
 
+def lists() -> None:
+    empty: PersistentList[int] = PersistentList()
+    l = empty.append(1).conj(2).extend([3, 4]).set(0, 10).assoc(-1, 40)
+    assert_type(l, PersistentList[int])
+    assert_type(l[0], int)
+    assert_type(l[1:], PersistentList[int])
+    assert_type(l.nth(-1), int)
+    assert_type(l.get(9), Optional[int])
+    assert_type(l.get(9, 0), int)
+    assert_type(l.get(9, "none"), "int | str")
+    assert_type(l.list(), list[int])
+    assert_type(l.pop(), PersistentList[int])
+    assert_type(l + PersistentList([5]), PersistentList[int])
+    assert_type(l * 2, PersistentList[int])
+    created = PersistentList.create("a", "b")
+    assert_type(created, PersistentList[str])
+    assert_type(PersistentList.from_list([1.5]), PersistentList[float])
+    seq: Sequence[int] = l
+    first: int = next(iter(seq))
+    last: int = next(reversed(l))
+    assert first == 10 and last == 40 and l.index(2) == 1 and l.count(3) == 1 and 3 in l
+    assert l.slice(1, 3) == PersistentList([2, 3]) and l < PersistentList([11])
+    assert hash(l) == hash((10, 2, 3, 40)) and len(l) == 4
+    t: TransientList[int] = l.transient()
+    t.append(5)
+    t.extend(range(3))
+    t[0] = 0
+    popped: int = t.pop()
+    size: int = len(t)
+    assert_type(t[0], int)
+    assert_type(t.persistent(), PersistentList[int])
+    assert popped == 2 and size == 7
+    with PersistentList[str]().transient() as u:
+        u.append("x")
+        assert_type(u.persistent(), PersistentList[str])
+
+
 def main() -> None:
     m = build()
     assert lookups(m) == 3
@@ -116,6 +154,7 @@ def main() -> None:
     assert as_mapping(m) == 2
     constructors()
     version_2_names()
+    lists()
 
 
 if __name__ == "__main__":
