@@ -42,13 +42,16 @@ void tlist_dealloc(PyObject* self);
 bool is_list(PyObject* o) { return Py_TYPE(o)->tp_dealloc == list_dealloc; }
 bool is_tlist(PyObject* o) { return Py_TYPE(o)->tp_dealloc == tlist_dealloc; }
 
+// Every update makes one of these, so it skips tp_alloc's generic path (PyType_GenericAlloc
+// zeroes the object and tracks it at once): the fields are written, then the object is tracked.
 PyObject* new_list(PyTypeObject* type, module_state* state, object_vector&& vec) {
-    auto* l = reinterpret_cast<ListObject*>(type->tp_alloc(type, 0));
+    ListObject* l = PyObject_GC_New(ListObject, type);
     if (!l) return nullptr;
     new (&l->vec) object_vector(std::move(vec));
     new (&l->hash) std::atomic<Py_hash_t>(-1);
     l->weakreflist = nullptr;
     l->state = state;
+    PyObject_GC_Track(l);
     return reinterpret_cast<PyObject*>(l);
 }
 
