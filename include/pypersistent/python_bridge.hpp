@@ -90,12 +90,7 @@ public:
             s.inline_held[s.held++] = o;
             return;
         }
-        try {
-            if (!s.pending) s.pending = new std::vector<PyObject*>();
-            s.pending->push_back(o);
-        } catch (...) {
-            Py_DECREF(o);  // out of memory: release now rather than leak
-        }
+        spill(s, o);
     }
 
     // Suspends the open scopes of this thread while Python code runs (see above): their held
@@ -117,6 +112,20 @@ public:
     };
 
 private:
+    // Out of line, so that release() stays small enough to inline into the loops that free a
+    // node's values.
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((noinline))
+#endif
+    static void spill(per_thread& s, PyObject* o) noexcept {
+        try {
+            if (!s.pending) s.pending = new std::vector<PyObject*>();
+            s.pending->push_back(o);
+        } catch (...) {
+            Py_DECREF(o);  // out of memory: release now rather than leak
+        }
+    }
+
     // Runs with depth 0: what the Py_DECREFs run (a __del__) releases at once or in scopes of
     // its own, which empty themselves; this loop only ever takes what was held before.
 #if defined(__GNUC__) || defined(__clang__)
