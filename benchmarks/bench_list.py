@@ -181,8 +181,11 @@ def worker(lib: str, size: int, pypi_so: Optional[str], rounds: int, ops: List[s
         n_var = 100
 
         def run_set() -> int:
-            keep = [setf(l, i, -1) for i in idx[:n_var]]  # 100 one-element variants
-            return len(keep)
+            done = 0
+            for _ in range(20):  # 20 times 100 one-element variants, each batch kept alive
+                keep = [setf(l, i, -1) for i in idx[:n_var]]
+                done += len(keep)
+            return done
 
         out["set"] = best(run_set, rounds)
     if "iterate" in ops:
