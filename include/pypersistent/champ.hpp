@@ -48,6 +48,14 @@
 #include "policy.hpp"
 
 namespace pypersistent {
+
+// The "value" of a key-only trie (persistent_set): entries store the key (and its cached hash)
+// and nothing else, and the trie never hands a no_value to the policy's hooks.
+struct no_value {
+    friend constexpr bool operator==(no_value, no_value) noexcept { return true; }
+    friend constexpr bool operator!=(no_value, no_value) noexcept { return false; }
+};
+
 namespace detail {
 
 constexpr unsigned bits_per_level = 5;
@@ -87,6 +95,23 @@ struct map_entry<K, V, true> {
     map_entry(const K& k, const V& v, hash_t h) : first(k), second(v), hash(h) {}
 };
 
+// Key-only entries: no value slot (a PyObject* key with its cached hash takes 16 bytes).
+// `second` stays spelled for generic code, as a static member that occupies nothing.
+template <class K>
+struct map_entry<K, no_value, false> {
+    K first;
+    static constexpr no_value second{};
+    map_entry(const K& k, const no_value&, hash_t) : first(k) {}
+};
+
+template <class K>
+struct map_entry<K, no_value, true> {
+    K first;
+    hash_t hash;
+    static constexpr no_value second{};
+    map_entry(const K& k, const no_value&, hash_t h) : first(k), hash(h) {}
+};
+
 template <class K, class V, class Hash, class KeyEqual, class ValueEqual, class Policy>
 struct champ {
     using entry_type = map_entry<K, V, Policy::cache_hash>;
@@ -94,6 +119,37 @@ struct champ {
 
     static_assert(std::is_nothrow_move_constructible<K>::value && std::is_nothrow_move_constructible<V>::value,
                   "keys and values must be nothrow move constructible: transients relocate them in place");
+
+    // A set's trie: values are no_value, which never reach the policy or ValueEqual (a policy
+    // such as the Python bridge's has retain/release for its handle type only).
+    static constexpr bool key_only = std::is_same<V, no_value>::value;
+
+    static void retain_value(const V& v) noexcept {
+        if constexpr (!key_only) Policy::retain(v);
+        (void)v;
+    }
+    static void release_value(const V& v) noexcept {
+        if constexpr (!key_only) Policy::release(v);
+        (void)v;
+    }
+    static bool same_value(const V& a, const V& b) {
+        if constexpr (key_only) {
+            (void)a;
+            (void)b;
+            return true;
+        } else {
+            return Policy::same_value(a, b);
+        }
+    }
+    static bool values_equal(const V& a, const V& b) {
+        if constexpr (key_only) {
+            (void)a;
+            (void)b;
+            return true;
+        } else {
+            return static_cast<bool>(ValueEqual{}(a, b));
+        }
+    }
 
     struct node {
         refcount_type refs;
@@ -175,7 +231,7 @@ struct champ {
 
     static void destroy_entry(entry_type& e) noexcept {
         Policy::release(e.first);
-        Policy::release(e.second);
+        release_value(e.second);
         e.~entry_type();
     }
 
@@ -220,13 +276,13 @@ struct champ {
         void copy_entry(const entry_type& e) {
             entry_type* slot = new (entries_ + placed_entries_) entry_type(e);
             Policy::retain(slot->first);
-            Policy::retain(slot->second);
+            retain_value(slot->second);
             ++placed_entries_;
         }
         void new_entry(const K& key, const V& value, hash_t hash) {
             entry_type* slot = new (entries_ + placed_entries_) entry_type(key, value, hash);
             Policy::retain(slot->first);
-            Policy::retain(slot->second);
+            retain_value(slot->second);
             ++placed_entries_;
         }
         // Takes over a stored copy from a node that is being dismantled: no retain.
@@ -239,7 +295,7 @@ struct champ {
         void adopt_temporary(entry_type& tmp) noexcept {
             entry_type* slot = new (entries_ + placed_entries_) entry_type(std::move(tmp));
             Policy::retain(slot->first);
-            Policy::retain(slot->second);
+            retain_value(slot->second);
             ++placed_entries_;
         }
         // Carries `count` slots of a node that is dismantled (`owned`: relocated) or kept (copied).
@@ -395,8 +451,12 @@ struct champ {
     // `n` with the value of entry `index` replaced (the key's slot does not move).
     static node* with_value(node* n, bool owned, owner_t owner, unsigned index, const V& value) {
         entry_type& e = entries(n)[index];
-        if (Policy::same_value(e.second, value)) return n;
-        if (owned) {
+        if (same_value(e.second, value)) return n;
+        if constexpr (key_only) {
+            (void)owned;
+            (void)owner;
+            return n;
+        } else if (owned) {
             V fresh(value);
             Policy::retain(fresh);
             using std::swap;
@@ -677,7 +737,7 @@ struct champ {
                 const hash_t hb = entry_hash(*eb);
                 if (entry_matches(*ea, hb, eb->first)) {
                     s.kind = slot_kind::entry;
-                    const bool same = Policy::same_value(ea->second, eb->second);
+                    const bool same = same_value(ea->second, eb->second);
                     s.entry = same ? ea : eb;
                     changed |= !same;
                 } else {
@@ -781,7 +841,7 @@ struct champ {
                 for (unsigned j = 0; j < c && !match; ++j) {
                     if (KeyEqual{}(eb[j].first, ea[i].first)) match = eb + j;
                 }
-                if (!match || !ValueEqual{}(ea[i].second, match->second)) return false;
+                if (!match || !values_equal(ea[i].second, match->second)) return false;
             }
             return true;
         }
@@ -790,7 +850,7 @@ struct champ {
                 if (ea[i].hash != eb[i].hash) return false;
             }
             if (!KeyEqual{}(ea[i].first, eb[i].first)) return false;
-            if (!ValueEqual{}(ea[i].second, eb[i].second)) return false;
+            if (!values_equal(ea[i].second, eb[i].second)) return false;
         }
         node* const* ca = children(a);
         node* const* cb = children(b);

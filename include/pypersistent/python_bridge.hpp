@@ -221,6 +221,10 @@ struct object_policy : pypersistent::default_policy {
 using object_map = pypersistent::persistent_map<PyObject*, PyObject*, object_hash, object_equal, object_equal, object_policy>;
 using object_transient = object_map::transient_type;
 using object_trie = object_map::trie;
+// The set over the same policy: key-only entries (16 bytes: the key and its cached hash).
+using object_set = pypersistent::persistent_set<PyObject*, object_hash, object_equal, object_policy>;
+using object_set_transient = object_set::transient_type;
+using object_set_trie = object_set::trie;
 // PersistentList's vector over the same policy (strong references, deferred releases).
 using object_vector = pypersistent::persistent_vector<PyObject*, object_policy>;
 using object_vector_transient = object_vector::transient_type;
