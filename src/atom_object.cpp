@@ -1,5 +1,5 @@
-// Atom: a lock-free cell holding a PersistentMap, for state that many threads publish and read.
-// It stores the map *object* (so compare_and_set can test identity, and deref returns the very
+// Atom: a lock-free cell holding a PersistentMap (or PersistentSet, PersistentList), for state that many threads publish and read.
+// It stores the structure *object* (so compare_and_set can test identity, and deref returns the very
 // object that was stored) in pypersistent::shared_cell; see include/pypersistent/atom.hpp for
 // the lock-free design and its memory reclamation.
 #include <utility>
@@ -49,13 +49,16 @@ struct AtomObject {
 
 AtomObject* as_atom(PyObject* o) { return reinterpret_cast<AtomObject*>(o); }
 
-bool require_map(PyObject* o, const char* what) {
-    if (is_map(o)) return true;
-    PyErr_Format(PyExc_TypeError, "%s must be a PersistentMap, not %.200s", what, Py_TYPE(o)->tp_name);
+// An Atom holds one of the persistent structures: immutable, so that what deref() returns can
+// be shared by every thread without copies or locks.
+bool require_persistent(PyObject* o, const char* what) {
+    if (is_map(o) || is_set(o) || is_persistent_list(o)) return true;
+    PyErr_Format(PyExc_TypeError, "%s must be a PersistentMap, PersistentSet or PersistentList, not %.200s", what,
+                 Py_TYPE(o)->tp_name);
     return false;
 }
 
-// A new reference to the current map (wait-free).
+// A new reference to the current value (wait-free).
 PyObject* current(PyObject* self) {
     PyObject* value = as_atom(self)->cell->with_current([](const object_ref& r) { return Py_XNewRef(r.get()); });
     if (!value) PyErr_SetString(PyExc_RuntimeError, "this Atom was cleared by the garbage collector");
@@ -68,7 +71,7 @@ PyObject* atom_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:Atom", const_cast<char**>(keywords), &initial)) return nullptr;
     PyObject* owned_initial = nullptr;
     if (initial) {
-        if (!require_map(initial, "Atom's initial value")) return nullptr;
+        if (!require_persistent(initial, "Atom's initial value")) return nullptr;
     } else {
         module_state* state = state_of_type(type);
         if (!state) return nullptr;
@@ -95,7 +98,7 @@ PyObject* atom_deref(PyObject* self, PyObject*) { return current(self); }
 PyObject* atom_value(PyObject* self, void*) { return current(self); }
 
 PyObject* atom_reset(PyObject* self, PyObject* desired) {
-    if (!require_map(desired, "reset()'s argument")) return nullptr;
+    if (!require_persistent(desired, "reset()'s argument")) return nullptr;
     return guarded([&]() -> PyObject* {
         auto old = as_atom(self)->cell->exchange(object_ref(desired));
         return Py_XNewRef(old->get() ? old->get() : Py_None);
@@ -109,7 +112,7 @@ PyObject* atom_compare_and_set(PyObject* self, PyObject* const* args, Py_ssize_t
     }
     PyObject* expected = args[0];
     PyObject* desired = args[1];
-    if (!require_map(desired, "compare_and_set()'s new value")) return nullptr;
+    if (!require_persistent(desired, "compare_and_set()'s new value")) return nullptr;
     return guarded([&]() -> PyObject* {
         object_cell* cell = as_atom(self)->cell;
         while (true) {
@@ -144,7 +147,7 @@ PyObject* atom_swap(PyObject* self, PyObject* args, PyObject* kwargs) {
             Py_XDECREF(previous);
             PyObject* next = PyObject_Call(fn, call_args, kwargs);
             if (!next) return nullptr;
-            if (!require_map(next, "the value swap()'s function returned")) {
+            if (!require_persistent(next, "the value swap()'s function returned")) {
                 Py_DECREF(next);
                 return nullptr;
             }
@@ -190,20 +193,21 @@ void atom_dealloc(PyObject* self) {
 }
 
 PyMethodDef atom_methods[] = {
-    {"deref", atom_deref, METH_NOARGS, "deref() -> PersistentMap\n\nThe current map; never waits."},
-    {"reset", atom_reset, METH_O, "reset(new) -> PersistentMap\n\nStores new; returns the map it replaced."},
+    {"deref", atom_deref, METH_NOARGS, "deref() -> the current value; never waits."},
+    {"reset", atom_reset, METH_O, "reset(new) -> the value it replaced\n\nStores new."},
     {"compare_and_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(atom_compare_and_set)),
      METH_FASTCALL,
-     "compare_and_set(expected, new) -> bool\n\nStores new only if the current map is expected (identity)."},
+     "compare_and_set(expected, new) -> bool\n\nStores new only if the current value is expected (identity)."},
     {"swap", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(atom_swap)), METH_VARARGS | METH_KEYWORDS,
-     "swap(fn, *args, **kwargs) -> PersistentMap\n\n"
+     "swap(fn, *args, **kwargs) -> the new value\n\n"
      "Stores fn(current, *args, **kwargs) and returns it. When another thread stores first, fn is\n"
-     "called again with the newer map, so fn may run several times: it must not have side effects."},
+     "called again with the newer value, so fn may run several times: it must not have side effects."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyGetSetDef atom_getset[] = {
-    {"value", atom_value, nullptr, "The current map (same as deref()).", nullptr},
+    {"value", atom_value, nullptr, "The current value (same as deref()).", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
@@ -214,8 +218,9 @@ PyMemberDef atom_members[] = {
 
 const char atom_doc[] =
     "Atom(initial=PersistentMap())\n\n"
-    "A cell holding a PersistentMap that any number of threads read and update without locks:\n"
-    "deref() never waits, and updates are compare-and-set (swap() retries with the newer map).";
+    "A cell holding a PersistentMap, PersistentSet or PersistentList that any number of threads\n"
+    "read and update without locks: deref() never waits, and updates are compare-and-set\n"
+    "(swap() retries with the newer value).";
 
 PyType_Slot atom_slots[] = {
     {Py_tp_doc, const_cast<char*>(atom_doc)},
@@ -240,7 +245,7 @@ int atom_current_root(PyObject* atom, object_trie::node** root, std::size_t* siz
     // No Python API here: the borrow keeps the stored map object alive, and its trie is
     // immutable, so retaining the root is all it takes.
     const bool ok = as_atom(atom)->cell->with_current([&](const object_ref& r) {
-        if (!r.get()) return false;
+        if (!r.get() || !is_map(r.get())) return false;
         const object_map& map = reinterpret_cast<MapObject*>(r.get())->map;
         auto* node = const_cast<object_trie::node*>(map.root());
         if (node) object_trie::retain(node);
@@ -248,7 +253,9 @@ int atom_current_root(PyObject* atom, object_trie::node** root, std::size_t* siz
         *size = map.size();
         return true;
     });
-    if (!ok && current_thread_state()) PyErr_SetString(PyExc_RuntimeError, "this Atom was cleared");
+    if (!ok && current_thread_state()) {
+        PyErr_SetString(PyExc_RuntimeError, "this Atom was cleared, or holds a structure other than a PersistentMap");
+    }
     return ok ? 0 : -1;
 }
 

@@ -65,6 +65,9 @@ struct module_state {
     PyTypeObject* list_type = nullptr;
     PyTypeObject* transient_list_type = nullptr;
     PyTypeObject* list_iterator_type = nullptr;
+    PyTypeObject* set_type = nullptr;
+    PyTypeObject* transient_set_type = nullptr;
+    PyTypeObject* set_iterator_type = nullptr;
     // What the _C_API capsule hands to C++ hosts (python_bridge.hpp); filled in module.cpp.
     c_api api{};
     gc_census census;
@@ -189,8 +192,35 @@ PyObject* guarded(F&& body) {
     }
 }
 
+// tp_dealloc of an immutable structure's object (PersistentMap, PersistentSet, PersistentList):
+// `dealloc` is the calling tp_dealloc itself, which the trashcan compares with the type's, and
+// destroy(object) ends the C++ members. A structure holding a structure holding a structure...
+// (a functional linked list) would free itself by recursion on the C stack: the trashcan turns
+// deep nesting into a loop.
+template <class Object, class Destroy>
+void dealloc_structure(PyObject* self, destructor dealloc, Destroy&& destroy) {
+    Object* o = reinterpret_cast<Object*>(self);
+    PyTypeObject* type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, dealloc)
+    if (o->weakreflist) PyObject_ClearWeakRefs(self);
+    destroy(*o);
+    type->tp_free(self);
+    Py_DECREF(type);
+    Py_TRASHCAN_END
+}
+
 // ---- shared helpers (map_object.cpp) -------------------------------------------------------
+// __deepcopy__ and __reduce__ of a structure whose contents `items` (a new list, stolen; null
+// with an error set) rebuild it through `type`'s constructor.
+PyObject* deepcopy_through(PyTypeObject* type, PyObject* items, PyObject* memo);
+PyObject* reduce_to(PyTypeObject* type, PyObject* items);
+// __sizeof__: the object itself (its nodes are shared with other versions).
+PyObject* object_sizeof(PyObject* self, PyObject*);
 bool is_map(PyObject* o) noexcept;
+bool is_set(PyObject* o) noexcept;               // a PersistentSet (set_object.cpp)
+bool is_persistent_list(PyObject* o) noexcept;  // a PersistentList (list_object.cpp)
+PyObject* make_set_iterator(module_state* state, PyObject* set);
 // The module state recorded in one of this interpreter's types (a dict lookup: cold paths only).
 module_state* state_of_type(PyTypeObject* type);
 PyObject* new_map(PyTypeObject* type, module_state* state, object_map&& map);
@@ -239,5 +269,8 @@ extern PyType_Spec atom_spec;
 extern PyType_Spec list_spec;
 extern PyType_Spec transient_list_spec;
 extern PyType_Spec list_iterator_spec;
+extern PyType_Spec set_spec;
+extern PyType_Spec transient_set_spec;
+extern PyType_Spec set_iterator_spec;
 
 }  // namespace pypersistent::python

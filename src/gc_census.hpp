@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <mutex>
 #include <new>
+#include <type_traits>
 
 #include "bindings.hpp"
 
@@ -124,28 +125,34 @@ int traverse_nodes(PyObject* holder, module_state* state, const typename Traits:
 // ---- the structures' node traits ----------------------------------------------------------
 
 // The map's CHAMP trie: entries (key, value) and children in every node.
-struct map_node_traits {
-    using handle = const object_trie::node*;
+// A CHAMP trie's nodes: the map's (keys and values) and the set's (keys only).
+template <class Trie>
+struct champ_node_traits {
+    using handle = const typename Trie::node*;
+    static constexpr bool has_values =
+        !std::is_same<std::remove_cv_t<decltype(Trie::entry_type::second)>, pypersistent::no_value>::value;
     static bool null(handle n) noexcept { return n == nullptr; }
     static const void* key(handle n) noexcept { return n; }
     static std::uint32_t refs(handle n) noexcept { return n->refs.load(); }
     static int visit_own(handle n, visitproc visit, void* arg) {
-        const auto* entries = object_trie::entries(n);
-        for (unsigned i = 0, c = object_trie::entry_count(n); i < c; ++i) {
+        const auto* entries = Trie::entries(n);
+        for (unsigned i = 0, c = Trie::entry_count(n); i < c; ++i) {
             Py_VISIT(entries[i].first);
-            Py_VISIT(entries[i].second);
+            if constexpr (has_values) Py_VISIT(entries[i].second);
         }
         return 0;
     }
     template <class Edge>
     static int for_children(handle n, Edge&& edge) {
-        const auto* children = object_trie::children(n);
-        for (unsigned i = 0, c = object_trie::child_count(n); i < c; ++i) {
+        const auto* children = Trie::children(n);
+        for (unsigned i = 0, c = Trie::child_count(n); i < c; ++i) {
             if (const int r = edge(children[i])) return r;
         }
         return 0;
     }
 };
+using map_node_traits = champ_node_traits<object_trie>;
+using set_node_traits = champ_node_traits<object_set_trie>;
 
 // The list's vector trie: leaves (level 0; the tail is one too) hold values, inner nodes hold
 // children one level (5 bits of shift) down. A node does not know its level: the handle does.

@@ -575,27 +575,10 @@ PyObject* list_transient(PyObject* self, PyObject*) {
 PyObject* list_copy(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
 PyObject* list_deepcopy(PyObject* self, PyObject* memo) {
-    PyObject* items = to_pylist(as_list(self)->vec);
-    if (!items) return nullptr;
-    PyObject* copy_module = PyImport_ImportModule("copy");
-    PyObject* copied = copy_module ? PyObject_CallMethod(copy_module, "deepcopy", "OO", items, memo) : nullptr;
-    Py_XDECREF(copy_module);
-    Py_DECREF(items);
-    if (!copied) return nullptr;
-    PyObject* result = build_list(Py_TYPE(self), copied);
-    Py_DECREF(copied);
-    return result;
+    return deepcopy_through(Py_TYPE(self), to_pylist(as_list(self)->vec), memo);
 }
 
-PyObject* list_reduce(PyObject* self, PyObject*) {
-    PyObject* items = to_pylist(as_list(self)->vec);
-    if (!items) return nullptr;
-    return Py_BuildValue("O(N)", reinterpret_cast<PyObject*>(Py_TYPE(self)), items);
-}
-
-PyObject* list_sizeof(PyObject* self, PyObject*) {
-    return PyLong_FromSsize_t(static_cast<Py_ssize_t>(Py_TYPE(self)->tp_basicsize));
-}
+PyObject* list_reduce(PyObject* self, PyObject*) { return reduce_to(Py_TYPE(self), to_pylist(as_list(self)->vec)); }
 
 PyObject* list_create(PyObject* cls, PyObject* args) { return build_list(reinterpret_cast<PyTypeObject*>(cls), args); }
 
@@ -627,7 +610,7 @@ PyMethodDef list_methods[] = {
     {"__copy__", list_copy, METH_NOARGS, nullptr},
     {"__deepcopy__", list_deepcopy, METH_O, nullptr},
     {"__reduce__", list_reduce, METH_NOARGS, nullptr},
-    {"__sizeof__", list_sizeof, METH_NOARGS, nullptr},
+    {"__sizeof__", object_sizeof, METH_NOARGS, nullptr},
     {"create", list_create, METH_VARARGS | METH_CLASS, "create(*items) -> PersistentList"},
     {"from_list", list_from_iterable, METH_O | METH_CLASS, "from_list(items) -> PersistentList"},
     {"from_iterable", list_from_iterable, METH_O | METH_CLASS, "from_iterable(iterable) -> PersistentList"},
@@ -669,18 +652,10 @@ PyType_Slot list_slots[] = {
 };
 
 void list_dealloc(PyObject* self) {
-    ListObject* l = as_list(self);
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    // A list holding a list holding a list... would free itself by recursion on the C stack:
-    // the trashcan turns deep nesting into a loop.
-    Py_TRASHCAN_BEGIN(self, list_dealloc)
-    if (l->weakreflist) PyObject_ClearWeakRefs(self);
-    l->vec.~object_vector();
-    l->hash.~atomic();
-    type->tp_free(self);
-    Py_DECREF(type);
-    Py_TRASHCAN_END
+    dealloc_structure<ListObject>(self, list_dealloc, [](ListObject& l) {
+        l.vec.~object_vector();
+        l.hash.~atomic();
+    });
 }
 
 // ---- iterator ----------------------------------------------------------------------------------
@@ -949,6 +924,8 @@ PyType_Slot tlist_slots[] = {
 #undef PP_FASTCALL
 
 }  // namespace
+
+bool is_persistent_list(PyObject* o) noexcept { return is_list(o); }
 
 PyType_Spec list_spec = {
     "pypersistent.PersistentList",

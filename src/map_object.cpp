@@ -303,24 +303,9 @@ PyObject* map_values_list(PyObject* self, PyObject*) {
     return entries_list(self, [](const object_map::value_type& e) { return Py_NewRef(e.second); });
 }
 
-PyObject* map_deepcopy(PyObject* self, PyObject* memo) {
-    PyObject* items = items_list(self);
-    if (!items) return nullptr;
-    PyObject* copy_module = PyImport_ImportModule("copy");
-    PyObject* copied = copy_module ? PyObject_CallMethod(copy_module, "deepcopy", "OO", items, memo) : nullptr;
-    Py_XDECREF(copy_module);
-    Py_DECREF(items);
-    if (!copied) return nullptr;
-    PyObject* result = build_map(Py_TYPE(self), copied, nullptr);
-    Py_DECREF(copied);
-    return result;
-}
+PyObject* map_deepcopy(PyObject* self, PyObject* memo) { return deepcopy_through(Py_TYPE(self), items_list(self), memo); }
 
-PyObject* map_reduce(PyObject* self, PyObject*) {
-    PyObject* items = items_list(self);
-    if (!items) return nullptr;
-    return Py_BuildValue("O(N)", reinterpret_cast<PyObject*>(Py_TYPE(self)), items);
-}
+PyObject* map_reduce(PyObject* self, PyObject*) { return reduce_to(Py_TYPE(self), items_list(self)); }
 
 PyObject* map_keys(PyObject* self, PyObject*) { return make_view(as_map(self)->state->keys_type, as_map(self)); }
 PyObject* map_values(PyObject* self, PyObject*) { return make_view(as_map(self)->state->values_type, as_map(self)); }
@@ -390,10 +375,6 @@ PyObject* map_fromkeys(PyObject* cls, PyObject* const* args, Py_ssize_t nargs) {
     return result;
 }
 
-PyObject* map_sizeof(PyObject* self, PyObject*) {
-    return PyLong_FromSsize_t(static_cast<Py_ssize_t>(Py_TYPE(self)->tp_basicsize));
-}
-
 PyMethodDef map_methods[] = {
     {"assoc", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_assoc)), METH_FASTCALL,
      "assoc(key, value) -> PersistentMap\n\nA new map with key set to value."},
@@ -413,7 +394,7 @@ PyMethodDef map_methods[] = {
     {"__copy__", map_copy, METH_NOARGS, nullptr},
     {"__deepcopy__", map_deepcopy, METH_O, nullptr},
     {"__reduce__", map_reduce, METH_NOARGS, nullptr},
-    {"__sizeof__", map_sizeof, METH_NOARGS, nullptr},
+    {"__sizeof__", object_sizeof, METH_NOARGS, nullptr},
     {"items_list", map_items_list, METH_NOARGS, "items_list() -> list of (key, value) pairs, in iteration order."},
     {"keys_list", map_keys_list, METH_NOARGS, "keys_list() -> list of the keys, in iteration order."},
     {"values_list", map_values_list, METH_NOARGS, "values_list() -> list of the values, in iteration order."},
@@ -463,18 +444,10 @@ PyType_Slot map_slots[] = {
 };
 
 void map_dealloc(PyObject* self) {
-    MapObject* m = as_map(self);
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    // A map whose value is a map whose value is a map... (a functional linked list) would free
-    // itself by recursion on the C stack: the trashcan turns deep nesting into a loop.
-    Py_TRASHCAN_BEGIN(self, map_dealloc)
-    if (m->weakreflist) PyObject_ClearWeakRefs(self);
-    m->map.~object_map();
-    m->hash.~atomic();
-    type->tp_free(self);
-    Py_DECREF(type);
-    Py_TRASHCAN_END
+    dealloc_structure<MapObject>(self, map_dealloc, [](MapObject& m) {
+        m.map.~object_map();
+        m.hash.~atomic();
+    });
 }
 
 // ---- filling a transient from Python input ---------------------------------------------------
@@ -570,6 +543,27 @@ bool fill_from_pairs(object_transient& t, PyObject* source) {
 }  // namespace
 
 bool is_map(PyObject* o) noexcept { return Py_TYPE(o)->tp_dealloc == map_dealloc; }
+
+PyObject* deepcopy_through(PyTypeObject* type, PyObject* items, PyObject* memo) {
+    if (!items) return nullptr;
+    PyObject* copy_module = PyImport_ImportModule("copy");
+    PyObject* copied = copy_module ? PyObject_CallMethod(copy_module, "deepcopy", "OO", items, memo) : nullptr;
+    Py_XDECREF(copy_module);
+    Py_DECREF(items);
+    if (!copied) return nullptr;
+    PyObject* result = PyObject_CallOneArg(reinterpret_cast<PyObject*>(type), copied);
+    Py_DECREF(copied);
+    return result;
+}
+
+PyObject* object_sizeof(PyObject* self, PyObject*) {
+    return PyLong_FromSsize_t(static_cast<Py_ssize_t>(Py_TYPE(self)->tp_basicsize));
+}
+
+PyObject* reduce_to(PyTypeObject* type, PyObject* items) {
+    if (!items) return nullptr;
+    return Py_BuildValue("O(N)", reinterpret_cast<PyObject*>(type), items);
+}
 
 module_state* state_of_type(PyTypeObject* type) {
     PyObject* capsule = PyDict_GetItemString(type->tp_dict, "_state");

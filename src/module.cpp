@@ -81,6 +81,9 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
         {&list_spec, &module_state::list_type, "PersistentList"},
         {&transient_list_spec, &module_state::transient_list_type, "TransientList"},
         {&list_iterator_spec, &module_state::list_iterator_type, "PersistentListIterator"},
+        {&set_spec, &module_state::set_type, "PersistentSet"},
+        {&transient_set_spec, &module_state::transient_set_type, "TransientSet"},
+        {&set_iterator_spec, &module_state::set_iterator_type, "PersistentSetIterator"},
     };
     std::vector<py::object> types;
     for (const type_row& row : type_table) {

@@ -17,7 +17,9 @@ import weakref
 
 import pytest
 
-from pypersistent import Atom, PersistentMap
+from pypersistent import Atom, PersistentList, PersistentMap, PersistentSet
+
+MUST_BE = "must be a PersistentMap, PersistentSet or PersistentList"
 
 JOIN_TIMEOUT = 60
 
@@ -62,11 +64,11 @@ def test_value_is_read_only():
 def test_initial_must_be_a_persistent_map(bad):
     with pytest.raises(TypeError) as info:
         Atom(bad)
-    assert str(info.value) == f"Atom's initial value must be a PersistentMap, not {_tp_name(bad)}"
+    assert str(info.value) == f"Atom's initial value {MUST_BE}, not {_tp_name(bad)}"
 
 
 def test_initial_type_error_by_keyword():
-    with pytest.raises(TypeError, match=r"^Atom's initial value must be a PersistentMap, not dict$"):
+    with pytest.raises(TypeError, match=rf"^Atom's initial value {MUST_BE}, not dict$"):
         Atom(initial={})
 
 
@@ -123,7 +125,7 @@ def test_reset_type_error(bad):
     a = Atom(m)
     with pytest.raises(TypeError) as info:
         a.reset(bad)
-    assert str(info.value) == f"reset()'s argument must be a PersistentMap, not {_tp_name(bad)}"
+    assert str(info.value) == f"reset()'s argument {MUST_BE}, not {_tp_name(bad)}"
     assert a.deref() is m  # unchanged
 
 
@@ -210,7 +212,7 @@ def test_compare_and_set_type_error(bad):
     a = Atom(m)
     with pytest.raises(TypeError) as info:
         a.compare_and_set(m, bad)
-    assert str(info.value) == f"compare_and_set()'s new value must be a PersistentMap, not {_tp_name(bad)}"
+    assert str(info.value) == f"compare_and_set()'s new value {MUST_BE}, not {_tp_name(bad)}"
     assert a.deref() is m
     # Checked even when expected is stale.
     with pytest.raises(TypeError):
@@ -313,7 +315,7 @@ def test_swap_fn_must_return_a_persistent_map(bad):
     with pytest.raises(TypeError) as info:
         a.swap(fn)
     assert str(info.value) == (
-        f"the value swap()'s function returned must be a PersistentMap, not {_tp_name(bad)}"
+        f"the value swap()'s function returned {MUST_BE}, not {_tp_name(bad)}"
     )
     assert len(calls) == 1  # no retry after an error
     assert a.deref() is m
@@ -637,3 +639,18 @@ def test_concurrent_compare_and_set_exactly_one_winner_per_round():
     _run(n_threads, worker)
     assert sum(wins) == rounds
     assert a.deref()["round"] == rounds
+
+
+@pytest.mark.parametrize("initial", [PersistentSet([1]), PersistentList([1])])
+def test_atom_holds_any_persistent_structure(initial):
+    a = Atom(initial)
+    assert a.deref() is initial and a.value is initial
+    new = a.swap(lambda v, x: v + type(v)([x]) if isinstance(v, PersistentList) else v | {x}, 2)
+    assert list(new) == [1, 2] and a.deref() is new
+    assert a.compare_and_set(new, PersistentMap(a=1)) and a.deref() == {"a": 1}
+    assert a.reset(initial) == {"a": 1} and a.deref() is initial
+    for bad in (PersistentSet().transient(), PersistentList().transient(), frozenset(), ()):
+        with pytest.raises(TypeError):
+            a.reset(bad)
+    assert a.deref() is initial
+    assert Atom[PersistentSet[int]] is not None

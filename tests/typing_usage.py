@@ -8,10 +8,11 @@ must hold at run time too.
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, Optional
 
-from pypersistent import PersistentArrayMap, PersistentDict, PersistentMap, TransientMap
-from pypersistent import PersistentList, TransientList
+from pypersistent import Atom, PersistentArrayMap, PersistentDict, PersistentMap, TransientMap
+from pypersistent import PersistentList, PersistentSet, TransientList, TransientSet
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type
@@ -144,6 +145,45 @@ def lists() -> None:
         assert_type(u.persistent(), PersistentList[str])
 
 
+def sets() -> None:
+    s = PersistentSet([1, 2, 3])
+    assert_type(s, PersistentSet[int])
+    assert_type(s.add(4), PersistentSet[int])
+    assert_type(s.discard(1), PersistentSet[int])
+    assert_type(s | {"a"}, PersistentSet[int | str])
+    assert_type(s & frozenset({1}), PersistentSet[int])
+    assert_type(s - {1}, PersistentSet[int])
+    assert_type(s.union(["x"]), PersistentSet[int | str])
+    assert_type(s.intersection([1, 2]), PersistentSet[int])
+    assert_type(PersistentSet.create("a", "b"), PersistentSet[str])
+    assert_type(PersistentSet.from_list([1.5]), PersistentSet[float])
+    as_set: AbstractSet[int] = s
+    members: list[int] = s.list()
+    assert 1 in as_set and len(members) == 3 and s <= {1, 2, 3, 4} and s.issubset(range(5))
+    assert hash(s) == hash(frozenset({1, 2, 3})) and s == {1, 2, 3}
+    t: TransientSet[int] = s.transient()
+    t.add(5).discard(1)
+    t.update([6, 7])
+    assert_type(t.persistent(), PersistentSet[int])
+    with PersistentSet[str]().transient() as u:
+        u.add("x")
+        assert_type(u.persistent(), PersistentSet[str])
+
+
+def atoms() -> None:
+    counts: Atom[PersistentMap[str, int]] = Atom(PersistentMap(n=0))
+    counts.swap(lambda m: m.set("n", m["n"] + 1))
+    assert_type(counts.deref(), PersistentMap[str, int])
+    members = Atom(PersistentSet[int]())
+    members.swap(lambda s: s.add(1))
+    assert_type(members.value, PersistentSet[int])
+    history = Atom(PersistentList[str]())
+    history.reset(history.deref().append("x"))
+    assert counts.deref()["n"] == 1 and 1 in members.deref() and history.deref() == PersistentList(["x"])
+    plain = Atom()
+    assert_type(plain.deref(), PersistentMap[Any, Any])
+
+
 def main() -> None:
     m = build()
     assert lookups(m) == 3
@@ -155,6 +195,8 @@ def main() -> None:
     constructors()
     version_2_names()
     lists()
+    sets()
+    atoms()
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ from ._pypersistent import (
     PersistentMapValues,
     PersistentList,
     PersistentListIterator,
+    PersistentSet,
+    PersistentSetIterator,
     TransientList,
     TransientMap,
+    TransientSet,
 )
 
 # pypersistent 2.0's names for the map. 2.0 had a separate PersistentArrayMap for maps of up to
@@ -42,6 +45,7 @@ PersistentArrayMap = PersistentMap
 
 __all__ = ["Atom", "PersistentMap", "TransientMap", "PersistentDict", "PersistentArrayMap", "FREE_THREADED_BUILD"]
 __all__ += ["PersistentList", "TransientList"]
+__all__ += ["PersistentSet", "TransientSet"]
 __version__ = "0.1.0"
 
 _abc.Mapping.register(PersistentMap)
@@ -51,3 +55,5 @@ _abc.ItemsView.register(PersistentMapItems)
 _abc.Iterator.register(PersistentMapIterator)
 _abc.Sequence.register(PersistentList)
 _abc.Iterator.register(PersistentListIterator)
+_abc.Set.register(PersistentSet)
+_abc.Iterator.register(PersistentSetIterator)
