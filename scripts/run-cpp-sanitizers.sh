@@ -195,7 +195,7 @@ mkdir -p "$root/build-sanitizers"
 
 if [ "$which" != asan ]; then
     tsan_targets=(cpp_map_stress cpp_atom_stress)
-    [ "$have_unit_tests" -eq 1 ] && tsan_targets+=(test_vector)
+    [ "$have_unit_tests" -eq 1 ] && tsan_targets+=(test_vector test_set)
     configure_and_build tsan "-fsanitize=thread" "${tsan_targets[@]}"
     dir="$root/build-sanitizers/tsan"
     run_step "tsan: cpp_map_stress $mode" "$dir/cpp_map_stress.$mode.log" \
@@ -203,9 +203,12 @@ if [ "$which" != asan ]; then
     run_step "tsan: cpp_atom_stress $mode" "$dir/cpp_atom_stress.$mode.log" \
         "$dir/stress/cpp_atom_stress" "${atom_args[@]}"
     if [ "$have_unit_tests" -eq 1 ]; then
-        # The vector's many-thread unit test (the other unit tests are single-threaded).
+        # The vector's and the set's many-thread unit tests (the others are single-threaded).
         run_step "tsan: test_vector threads" "$dir/test_vector.threads.log" \
             "$dir/tests/cpp/test_vector" --gtest_filter='VectorThreads.*'
+        # The set's: 16 threads sharing sets and deriving versions, the set algebra included.
+        run_step "tsan: test_set threads" "$dir/test_set.threads.log" \
+            "$dir/tests/cpp/test_set" --gtest_filter='SetThreads.*'
     fi
 fi
 

@@ -1,7 +1,7 @@
 // Google Benchmark comparison of pypersistent::persistent_map with immer::map and with a
 // std::unordered_map that is copied before every change (the naive way to get persistence),
-// and of pypersistent::persistent_vector with immer::vector (the vec_* benchmarks, see the
-// vectors section below).
+// of pypersistent::persistent_vector with immer::vector (the vec_* benchmarks, see the vectors
+// section below), and of pypersistent::persistent_set with immer::set (the set_* benchmarks).
 //
 // Benchmarks are named  op/library/size  (see README.md for the list of operations and how
 // benchmarks/cpp/make_table.py turns the JSON output into a table).
@@ -28,6 +28,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -50,6 +51,8 @@
 #include <immer/map.hpp>
 #include <immer/map_transient.hpp>
 #include <immer/memory_policy.hpp>
+#include <immer/set.hpp>
+#include <immer/set_transient.hpp>
 #include <immer/vector.hpp>
 #include <immer/vector_transient.hpp>
 #endif
@@ -619,6 +622,145 @@ void register_vector_library(std::size_t n) {
     reg("set", [n](benchmark::State& s) { bm_vec_set<L>(s, n); });
 }
 
+// ---- sets -------------------------------------------------------------------------------------
+//
+// pypersistent::persistent_set against immer::set (both CHAMP tries; same API for insert, count
+// and transients). Keys are the map benchmarks' keys. Benchmarks are named set_<op>/library/size.
+// immer::set has no union of its own, so its set_union inserts the other set's keys into a
+// transient of the first: what a user of immer writes. Ours is the structural walk.
+
+struct slib_pypersistent {
+    static constexpr const char* name = "pypersistent";
+    using set = pypersistent::persistent_set<K, Hash>;
+    static set set_union(const set& a, const set& b) { return a.set_union(b); }
+    static bool contains(const set& s, K k) { return s.contains(k); }
+};
+#if PYPERSISTENT_BENCH_HAVE_IMMER
+struct slib_immer {
+    static constexpr const char* name = "immer";
+    using set = immer::set<K, Hash>;
+    static set set_union(const set& a, const set& b) {
+        auto t = a.transient();
+        for (K k : b) t.insert(k);
+        return t.persistent();
+    }
+    static bool contains(const set& s, K k) { return s.count(k) != 0; }
+};
+#endif
+
+template <class Set>
+Set build_set(const std::vector<K>& keys) {
+    auto t = Set{}.transient();
+    for (K k : keys) t.insert(k);
+    return t.persistent();
+}
+
+template <class L>
+const typename L::set& base_set(std::size_t n) {
+    static std::map<std::size_t, std::unique_ptr<typename L::set>> cache;
+    auto& p = cache[n];
+    if (!p) p = std::make_unique<typename L::set>(build_set<typename L::set>(insert_keys(n)));
+    return *p;
+}
+
+// n persistent inserts from the empty set, each into the previous version (which then dies).
+template <class L>
+void bm_set_insert(benchmark::State& state, std::size_t n) {
+    const auto& keys = insert_keys(n);
+    std::optional<typename L::set> result;
+    for (auto _ : state) {
+        typename L::set s;
+        for (K k : keys) s = s.insert(k);
+        result.emplace(std::move(s));
+        benchmark::DoNotOptimize(*result);
+        state.PauseTiming();
+        result.reset();
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+}
+
+template <class L>
+void bm_set_insert_transient(benchmark::State& state, std::size_t n) {
+    const auto& keys = insert_keys(n);
+    std::optional<typename L::set> result;
+    for (auto _ : state) {
+        result.emplace(build_set<typename L::set>(keys));
+        benchmark::DoNotOptimize(*result);
+        state.PauseTiming();
+        result.reset();
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+}
+
+template <class L>
+void bm_set_contains(benchmark::State& state, std::size_t n) {
+    const auto& s = base_set<L>(n);
+    const auto& queries = hit_queries(n);
+    for (auto _ : state) {
+        std::size_t found = 0;
+        for (K k : queries) found += L::contains(s, k) ? 1 : 0;
+        benchmark::DoNotOptimize(found);
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * queries.size()));
+}
+
+template <class L>
+void bm_set_iterate(benchmark::State& state, std::size_t n) {
+    const auto& s = base_set<L>(n);
+    for (auto _ : state) {
+        K sum = 0;
+        for (const auto& e : s) {
+            if constexpr (std::is_same<L, slib_pypersistent>::value) {
+                sum += e.first;
+            } else {
+                sum += e;
+            }
+        }
+        benchmark::DoNotOptimize(sum);
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * n));
+}
+
+// The union of the n-key set with another n-key set: `shared`, the same set plus 100 new keys
+// (a version derived from it, so all but ~100 paths are shared); otherwise n keys disjoint
+// from it, built apart. Items: the result's keys.
+template <class L>
+void bm_set_union(benchmark::State& state, std::size_t n, bool shared) {
+    const auto& a = base_set<L>(n);
+    typename L::set b;
+    if (shared) {
+        b = a;
+        for (std::size_t i = 0; i < 100; ++i) b = b.insert(miss_key(i));
+    } else {
+        b = build_set<typename L::set>(std::vector<K>(miss_queries(n).begin(), miss_queries(n).begin() + n));
+    }
+    std::size_t size = 0;
+    for (auto _ : state) {
+        auto u = L::set_union(a, b);
+        size = u.size();
+        benchmark::DoNotOptimize(u);
+    }
+    state.counters["result_size"] = static_cast<double>(size);
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * size));
+}
+
+template <class L>
+void register_set_library(std::size_t n) {
+    const std::string lib = L::name;
+    auto reg = [&](const std::string& op, auto fn) {
+        return benchmark::RegisterBenchmark(("set_" + op + "/" + lib + "/" + std::to_string(n)).c_str(), fn)
+            ->Unit(benchmark::kMicrosecond);
+    };
+    reg("insert", [n](benchmark::State& s) { bm_set_insert<L>(s, n); });
+    reg("insert_transient", [n](benchmark::State& s) { bm_set_insert_transient<L>(s, n); });
+    reg("contains", [n](benchmark::State& s) { bm_set_contains<L>(s, n); });
+    reg("iterate", [n](benchmark::State& s) { bm_set_iterate<L>(s, n); });
+    reg("union_shared", [n](benchmark::State& s) { bm_set_union<L>(s, n, true); });
+    reg("union_disjoint", [n](benchmark::State& s) { bm_set_union<L>(s, n, false); });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -633,6 +775,13 @@ int main(int argc, char** argv) {
         register_vector_library<vlib_pypersistent>(n);
 #if PYPERSISTENT_BENCH_HAVE_IMMER
         register_vector_library<vlib_immer>(n);
+#endif
+    }
+
+    for (std::size_t n : {std::size_t(10000), std::size_t(100000)}) {
+        register_set_library<slib_pypersistent>(n);
+#if PYPERSISTENT_BENCH_HAVE_IMMER
+        register_set_library<slib_immer>(n);
 #endif
     }
 
