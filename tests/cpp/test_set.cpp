@@ -202,7 +202,8 @@ TEST(SetTest, KeyOnlyEntriesHaveNoValueSlot) {
     using pypersistent::detail::map_entry;
     static_assert(sizeof(map_entry<void*, no_value, true>) == 2 * sizeof(void*), "a pointer key and its hash");
     static_assert(sizeof(map_entry<int, no_value, false>) == sizeof(int), "the key alone");
-    const auto& e = *persistent_set<int>{7}.begin();
+    const persistent_set<int> one{7};
+    const auto& e = *one.begin();
     EXPECT_EQ(e.first, 7);
     EXPECT_TRUE(e.second == no_value{});
 }
