@@ -120,6 +120,7 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     py::module_::import("gc").attr("callbacks").attr("append")(census);
 
     for (std::size_t i = 0; i < types.size(); ++i) m.attr(type_table[i].exported_as) = types[i];
+    m.attr("__version__") = PYPERSISTENT_VERSION;
 #ifdef Py_GIL_DISABLED
     m.attr("FREE_THREADED_BUILD") = true;
 #else

@@ -1,4 +1,4 @@
-"""pypersistent: persistent (immutable) hash maps with a C++ core, built for free-threaded Python.
+"""pypersistent: persistent (immutable) maps, sets and lists with a C++ core, built for free-threaded Python.
 
 >>> from pypersistent import PersistentMap
 >>> m = PersistentMap(a=1)
@@ -36,6 +36,7 @@ from ._pypersistent import (
     TransientList,
     TransientMap,
     TransientSet,
+    __version__,
 )
 
 # pypersistent 2.0's names for the map. 2.0 had a separate PersistentArrayMap for maps of up to
@@ -46,7 +47,6 @@ PersistentArrayMap = PersistentMap
 __all__ = ["Atom", "PersistentMap", "TransientMap", "PersistentDict", "PersistentArrayMap", "FREE_THREADED_BUILD"]
 __all__ += ["PersistentList", "TransientList"]
 __all__ += ["PersistentSet", "TransientSet"]
-__version__ = "0.1.0"
 
 _abc.Mapping.register(PersistentMap)
 _abc.KeysView.register(PersistentMapKeys)
