@@ -164,15 +164,20 @@ struct vector_node_traits {
     static bool null(handle n) noexcept { return n.node == nullptr; }
     static const void* key(handle n) noexcept { return n.node; }
     static std::uint32_t refs(handle n) noexcept { return n.node->refs.load(); }
+    // A leaf holds references to the values it owns, past those it borrows from its lender.
     static int visit_own(handle n, visitproc visit, void* arg) {
         if (n.shift != 0) return 0;
         PyObject* const* values = object_vector_trie::values(n.node);
-        for (unsigned i = 0, c = n.node->count; i < c; ++i) Py_VISIT(values[i]);
+        for (unsigned i = object_vector_trie::borrowed(n.node), c = n.node->count; i < c; ++i) Py_VISIT(values[i]);
         return 0;
     }
+    // An inner node's children, or a leaf's lender (a leaf, which owns the borrowed values).
     template <class Edge>
     static int for_children(handle n, Edge&& edge) {
-        if (n.shift == 0) return 0;
+        if (n.shift == 0) {
+            const object_vector_trie::node* lender = object_vector_trie::lender_of(n.node);
+            return lender ? edge(handle{lender, 0}) : 0;
+        }
         const auto* children = object_vector_trie::children(n.node);
         for (unsigned i = 0, c = n.node->count; i < c; ++i) {
             if (const int r = edge(handle{children[i], n.shift - object_vector_trie::bits})) return r;

@@ -244,6 +244,49 @@ def test_versions_sharing_nodes_compare_by_content() -> None:
     assert a.set(4000, 4000) == base
 
 
+class Token:
+    """A weak-referenceable element."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def test_appended_elements_live_exactly_as_long_as_a_version_holds_them() -> None:
+    # Appends let the new tail borrow the old tail's references (vector_trie.hpp, "Lent
+    # prefixes"): versions dropped in any order must keep every element they still hold alive
+    # and release every element no version holds any more.
+    import random
+
+    rng = random.Random(5)
+    refs: dict[int, weakref.ref[Token]] = {}
+    versions: list[tuple[PersistentList[Token], list[int]]] = [(PL(), [])]
+    for step in range(3000):
+        base, ids = versions[rng.randrange(len(versions))]
+        t: Token | None = None
+        if ids and rng.random() < 0.1:
+            v, ids = base.pop(), ids[:-1]
+        elif ids and rng.random() < 0.1:
+            k = rng.randrange(len(ids))
+            t = Token(step)
+            refs[step] = weakref.ref(t)
+            v, ids = base.set(k, t), ids[:k] + [step] + ids[k + 1 :]
+        else:
+            t = Token(step)
+            refs[step] = weakref.ref(t)
+            v, ids = base.append(t), ids + [step]
+        del t
+        versions.append((v, ids))
+        if len(versions) > 12:
+            del versions[rng.randrange(len(versions))]
+        del v, base
+        held = {i for _, ids_ in versions for i in ids_}
+        assert all([x.n for x in v_] == ids_ for v_, ids_ in versions)
+        alive = {i for i, r in refs.items() if r() is not None}
+        assert alive == held, f"step {step}: alive but held by no version: {sorted(alive - held)[:5]}"
+    versions.clear()
+    assert all(r() is None for r in refs.values())
+
+
 # --------------------------------------------------------------------------------------
 # pickle, copy, weakref, generics, repr
 # --------------------------------------------------------------------------------------

@@ -98,6 +98,11 @@ struct default_policy {
     static void* allocate(std::size_t bytes) { return ::operator new(bytes); }
     static void deallocate(void* p, std::size_t) noexcept { ::operator delete(p); }
 
+    // Whether a persistent vector's push_back may let the new tail borrow the old tail's values
+    // instead of retaining each copy (vector_trie.hpp, "Lent prefixes"). It pays where retain
+    // and release are reference counts; plain values have nothing to save.
+    static constexpr bool lend_tail_prefixes = false;
+
 private:
     template <class T, class = void>
     struct is_equality_comparable : std::false_type {};
@@ -105,6 +110,13 @@ private:
     struct is_equality_comparable<T, std::void_t<decltype(std::declval<const T&>() == std::declval<const T&>())>>
         : std::true_type {};
 };
+
+// Policy::lend_tail_prefixes where a policy says so, false for policies that do not mention it.
+template <class Policy, class = void>
+struct policy_lends_tail_prefixes : std::false_type {};
+template <class Policy>
+struct policy_lends_tail_prefixes<Policy, std::void_t<decltype(Policy::lend_tail_prefixes)>>
+    : std::bool_constant<Policy::lend_tail_prefixes> {};
 
 struct single_thread_policy : default_policy {
     using refcount = single_thread_refcount;

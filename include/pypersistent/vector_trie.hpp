@@ -25,6 +25,17 @@
 // it: below an unowned node nothing is owned. Freezing a transient (taking a new token) makes
 // all of its nodes immutable in O(1).
 //
+// Lent prefixes. A persistent push_back copies the tail, and under a policy whose retain and
+// release of a value are reference counts (Python objects), retaining every copied value (and
+// releasing them all again when the old version dies) is most of the cost of an append. Such a
+// policy sets `lend_tail_prefixes`: the new tail then copies the old tail's values without
+// retaining them and holds a reference to the old tail instead (its *lender*), which owns them;
+// a leaf owns only the values past its lender's count. The values a lender keeps alive are
+// exactly a prefix of the borrower's, so no value outlives every vector that holds it. Every
+// lend_period-th tail size is a full copy that owns everything, so a chain of lenders is at most
+// lend_period nodes long, and a full tail (32 is a multiple of the period) owns all its values:
+// leaves in the trie never have lenders.
+//
 // Exceptions. Allocating and copying a value may throw; swapping two values must not. Every
 // operation gives the strong guarantee. New nodes are built bottom-up and each is complete
 // before it is linked. A node under construction counts the slots filled so far, so dropping it
@@ -60,6 +71,13 @@ struct vector_trie {
     static_assert(std::is_nothrow_swappable<T>::value,
                   "values must be nothrow swappable: a transient replaces a value in place by swapping");
     static_assert(alignof(T) <= alignof(std::max_align_t), "over-aligned values are not supported");
+
+    // See "Lent prefixes" above. Only for values that are copied bitwise and need no destructor,
+    // where a retain is all a copy costs beyond the bytes.
+    static constexpr bool lending = policy_lends_tail_prefixes<Policy>::value && std::is_trivially_copyable<T>::value &&
+                                    std::is_trivially_destructible<T>::value;
+    static constexpr unsigned lend_period = 4;
+    static_assert(branches % lend_period == 0, "a full tail must own its values");
 
     // count and capacity are not single bytes: a store to a char-sized field may alias anything,
     // and the compiler would reload the whole vector after every append.
@@ -119,7 +137,10 @@ struct vector_trie {
 
     static constexpr std::size_t round_up(std::size_t n, std::size_t a) noexcept { return (n + a - 1) / a * a; }
     static constexpr std::size_t inner_header = round_up(sizeof(node), alignof(node*));
-    static constexpr std::size_t leaf_header = round_up(sizeof(node), alignof(T));
+    // With lending, a leaf's header ends with its lender pointer (null for most leaves).
+    static constexpr std::size_t lender_offset = inner_header;
+    static constexpr std::size_t leaf_header =
+        lending ? round_up(lender_offset + sizeof(node*), alignof(T)) : round_up(sizeof(node), alignof(T));
     static constexpr std::size_t inner_bytes(unsigned capacity) noexcept { return inner_header + capacity * sizeof(node*); }
     static constexpr std::size_t leaf_bytes(unsigned capacity) noexcept { return leaf_header + capacity * sizeof(T); }
 
@@ -130,6 +151,23 @@ struct vector_trie {
     static T* values(node* n) noexcept { return reinterpret_cast<T*>(reinterpret_cast<char*>(n) + leaf_header); }
     static const T* values(const node* n) noexcept {
         return reinterpret_cast<const T*>(reinterpret_cast<const char*>(n) + leaf_header);
+    }
+
+    // The leaf whose values this leaf's first lender->count values are (it owns them); null
+    // when the leaf owns all its values. Only with lending.
+    static node*& lender_of(node* leaf) noexcept {
+        static_assert(lending, "leaves have lenders only under a lending policy");
+        return *reinterpret_cast<node**>(reinterpret_cast<char*>(leaf) + lender_offset);
+    }
+    static const node* lender_of(const node* leaf) noexcept { return lender_of(const_cast<node*>(leaf)); }
+    // How many of a leaf's values are its lender's: the leaf owns values [borrowed, count).
+    static unsigned borrowed(const node* leaf) noexcept {
+        if constexpr (lending) {
+            const node* lender = lender_of(leaf);
+            return lender ? lender->count : 0;
+        } else {
+            return 0;
+        }
     }
 
     // Persistent results get exactly the slots they use; a transient's nodes get room to grow.
@@ -154,10 +192,14 @@ struct vector_trie {
     static void destroy(node* n, unsigned shift) noexcept {
         if (shift == 0) {
             T* vs = values(n);
-            for (unsigned i = 0, c = n->count; i < c; ++i) destroy_value(vs[i]);
+            node* lender = nullptr;
+            if constexpr (lending) lender = lender_of(n);
+            // Borrowed values need no destructor (lending needs trivial ones) and no release.
+            for (unsigned i = lender ? lender->count : 0, c = n->count; i < c; ++i) destroy_value(vs[i]);
             const std::size_t bytes = leaf_bytes(n->capacity);
             n->~node();
             Policy::deallocate(n, bytes);
+            if (lender) release(lender, 0);  // a chain of at most lend_period nodes
         } else {
             node** cs = children(n);
             for (unsigned i = 0, c = n->count; i < c; ++i) release(cs[i], shift - bits);
@@ -182,7 +224,22 @@ struct vector_trie {
     // ---- node construction --------------------------------------------------------------
 
     static node* new_leaf(unsigned capacity, owner_t owner) {
-        return new (Policy::allocate(leaf_bytes(capacity))) node(capacity, owner);
+        node* n = new (Policy::allocate(leaf_bytes(capacity))) node(capacity, owner);
+        if constexpr (lending) lender_of(n) = nullptr;
+        return n;
+    }
+
+    // A new leaf (persistent, exact size) holding `tail`'s `count` values, bitwise and borrowed,
+    // with room for one more. Only with lending, and only for a tail that owns its values or
+    // whose chain of lenders is shorter than lend_period.
+    static node* borrowing_leaf(node* tail, unsigned count) {
+        assert(count == tail->count);
+        node* n = new_leaf(count + 1, 0);
+        std::memcpy(static_cast<void*>(values(n)), static_cast<const void*>(values(tail)), count * sizeof(T));
+        retain(tail);
+        lender_of(n) = tail;
+        n->count = static_cast<std::uint16_t>(count);
+        return n;
     }
     static node* new_inner(unsigned capacity, owner_t owner) {
         return new (Policy::allocate(inner_bytes(capacity))) node(capacity, owner);
@@ -433,7 +490,12 @@ struct vector_trie {
         const size_type tree_size = tail_offset(p.size);
         const unsigned count = static_cast<unsigned>(p.size - tree_size);
         if (count < branches) {
-            node_guard tail{copy_leaf(p.tail, count, count + 1, 0), 0};
+            node_guard tail{nullptr, 0};
+            if constexpr (lending) {
+                tail.n = (count + 1) % lend_period != 0 ? borrowing_leaf(p.tail, count) : copy_leaf(p.tail, count, count + 1, 0);
+            } else {
+                tail.n = copy_leaf(p.tail, count, count + 1, 0);
+            }
             append_value(tail.n, v);
             if (p.root) retain(p.root);
             out.root = p.root;
@@ -443,6 +505,7 @@ struct vector_trie {
             return;
         }
         node_guard tail{single_leaf(v, 1, 0), 0};
+        assert(borrowed(p.tail) == 0);  // the trie's leaves own their values
         unsigned shift = p.shift;
         out.root = push_leaf(p.root, shift, tree_size, p.tail, 0);
         out.shift = shift;

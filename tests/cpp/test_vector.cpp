@@ -1399,6 +1399,208 @@ TEST_F(VectorExceptions, RandomFailuresEverywhere) {
     RecordProperty("largest", static_cast<int>(largest));
 }
 
+// ---- lent tail prefixes ----------------------------------------------------------------------------
+//
+// Under a policy with lend_tail_prefixes, a persistent push_back's new tail borrows the old
+// tail's values instead of retaining them (vector_trie.hpp, "Lent prefixes"). Values are
+// trivially copyable handles whose retains and releases are counted per id: every value a live
+// vector holds must stay retained, chains of lenders stay short, leaves in the trie own their
+// values, and everything balances when the vectors are gone, also when an allocation fails.
+
+struct handle {
+    int id;
+    bool operator==(const handle& o) const noexcept { return id == o.id; }
+};
+static_assert(std::is_trivially_copyable<handle>::value, "the lending path needs trivially copyable values");
+
+struct lend_counts {
+    static inline std::array<long, max_id> net{};  // retains - releases, per id
+    static inline long live_nodes = 0;
+    static inline long fail_at = 0;  // > 0: the fail_at-th allocation from now throws
+};
+
+struct lending_policy : default_policy {
+    using refcount = pypersistent::single_thread_refcount;
+    static constexpr bool lend_tail_prefixes = true;
+    static void retain(const handle& h) noexcept { ++lend_counts::net[static_cast<std::size_t>(h.id)]; }
+    static void release(const handle& h) noexcept { --lend_counts::net[static_cast<std::size_t>(h.id)]; }
+    static void* allocate(std::size_t bytes) {
+        if (lend_counts::fail_at > 0 && --lend_counts::fail_at == 0) throw std::bad_alloc();
+        ++lend_counts::live_nodes;
+        return ::operator new(bytes);
+    }
+    static void deallocate(void* p, std::size_t) noexcept {
+        --lend_counts::live_nodes;
+        ::operator delete(p);
+    }
+};
+
+using lvec = persistent_vector<handle, lending_policy>;
+using ltrie = lvec::trie;
+static_assert(ltrie::lending, "lending_policy takes the lending path");
+static_assert(!ivec::trie::lending && !hvec::trie::lending, "other policies never lend");
+
+class VectorLending : public ::testing::Test {
+protected:
+    void SetUp() override {
+        lend_counts::net.fill(0);
+        lend_counts::live_nodes = 0;
+        lend_counts::fail_at = 0;
+    }
+    void TearDown() override {
+        lend_counts::fail_at = 0;
+        EXPECT_EQ(lend_counts::live_nodes, 0) << "nodes leaked";
+        for (std::size_t id = 0; id < max_id; ++id) EXPECT_EQ(lend_counts::net[id], 0) << "value " << id << " unbalanced";
+    }
+};
+
+::testing::AssertionResult lend_holds(const lvec& v, const model_t& m) {
+    if (v.size() != m.size()) return ::testing::AssertionFailure() << "size " << v.size() << ", model " << m.size();
+    std::size_t i = 0;
+    for (const handle& h : v) {
+        if (h.id != m[i]) return ::testing::AssertionFailure() << "differs at " << i;
+        if (lend_counts::net[static_cast<std::size_t>(h.id)] <= 0) {
+            return ::testing::AssertionFailure() << "value " << h.id << " at " << i << " is held but not retained";
+        }
+        ++i;
+    }
+    // The tail's chain of lenders is short, each lender a prefix of the borrower.
+    if (const ltrie::node* tail = v.tail()) {
+        unsigned chain = 1;
+        for (const ltrie::node* n = tail; ltrie::lender_of(n); n = ltrie::lender_of(n), ++chain) {
+            const ltrie::node* lender = ltrie::lender_of(n);
+            if (lender->count >= n->count) return ::testing::AssertionFailure() << "a lender as long as its borrower";
+            for (unsigned k = 0; k < lender->count; ++k) {
+                if (ltrie::values(lender)[k].id != ltrie::values(n)[k].id) return ::testing::AssertionFailure() << "lender differs";
+            }
+        }
+        if (chain > ltrie::lend_period) return ::testing::AssertionFailure() << "a chain of " << chain << " lenders";
+        if (tail->count == ltrie::branches && ltrie::lender_of(tail)) return ::testing::AssertionFailure() << "full tail borrows";
+    }
+    // Leaves in the trie own their values.
+    for (std::size_t start = 0; start < ltrie::tail_offset(v.size()); start += ltrie::branches) {
+        if (ltrie::lender_of(ltrie::leaf_for(v.parts(), start))) return ::testing::AssertionFailure() << "a trie leaf borrows";
+    }
+    return well_formed_vector(v);
+}
+
+model_t retained_ids_of(const std::vector<std::pair<lvec, model_t>>& pool) {
+    std::vector<long> expected(max_id, 0);
+    model_t out;
+    for (const auto& e : pool) {
+        for (int id : e.second) {
+            if (expected[static_cast<std::size_t>(id)]++ == 0) out.push_back(id);
+        }
+    }
+    return out;
+}
+
+TEST_F(VectorLending, AppendsBorrowAndEveryHeldValueStaysRetained) {
+    lvec v;
+    model_t m;
+    for (int i = 0; i < 3000; ++i) {
+        lvec next = v.push_back(handle{i % max_id});
+        m.push_back(i % max_id);
+        if (i % 3 == 0) v = lvec();  // the old version dies first, or later
+        v = std::move(next);
+        ASSERT_TRUE(lend_holds(v, m)) << "after " << i + 1 << " appends";
+    }
+    // Dead versions leave nothing behind but the tail's short chain: the trie's nodes, the tail
+    // and at most lend_period - 1 lenders.
+    const long trie_nodes = 3000 / 32 + 3;  // leaves plus the inner nodes of 93 leaves
+    EXPECT_LE(lend_counts::live_nodes, trie_nodes + long(ltrie::lend_period));
+    // Each value is retained by one node only, however many tails copied it.
+    for (int id = 0; id < 3000; ++id) EXPECT_EQ(lend_counts::net[static_cast<std::size_t>(id)], 1) << id;
+}
+
+TEST_F(VectorLending, VersionsSharingChainsDieInAnyOrder) {
+    std::mt19937_64 rng(7);
+    std::vector<std::pair<lvec, model_t>> pool{{lvec(), model_t()}};
+    for (int step = 0; step < 6000; ++step) {
+        const auto& base = pool[rng() % pool.size()];
+        lvec v;
+        model_t m = base.second;
+        const int x = static_cast<int>(rng() % max_id);
+        switch (rng() % 8) {
+            case 0:
+            case 1:
+            case 2:
+            case 3:
+                v = base.first.push_back(handle{x});
+                m.push_back(x);
+                break;
+            case 4:
+                if (m.empty()) continue;
+                v = base.first.pop_back();
+                m.pop_back();
+                break;
+            case 5: {
+                if (m.empty()) continue;
+                const std::size_t k = rng() % m.size();
+                v = base.first.set(k, handle{x});
+                m[k] = x;
+                break;
+            }
+            case 6: {
+                const std::size_t k = rng() % (m.size() + 1);
+                v = base.first.take(k);
+                m.resize(k);
+                break;
+            }
+            default: {
+                auto t = base.first.transient();
+                for (int s = static_cast<int>(rng() % 40); s > 0; --s) {
+                    t.push_back(handle{x});
+                    m.push_back(x);
+                }
+                if (!m.empty() && rng() % 2) {
+                    t.pop_back();
+                    m.pop_back();
+                }
+                v = t.persistent();
+                break;
+            }
+        }
+        pool.emplace_back(std::move(v), std::move(m));
+        if (pool.size() > 40) pool.erase(pool.begin() + static_cast<std::ptrdiff_t>(rng() % pool.size()));
+        for (const auto& e : pool) ASSERT_TRUE(lend_holds(e.first, e.second)) << "step " << step;
+        // Nothing is retained that no live version holds.
+        long held_ids = static_cast<long>(retained_ids_of(pool).size());
+        long retained_ids = 0;
+        for (long n : lend_counts::net) retained_ids += n > 0;
+        ASSERT_EQ(retained_ids, held_ids) << "step " << step << ": values retained by no live version";
+    }
+}
+
+TEST_F(VectorLending, AllocationFailureLeavesEverythingAsItWas) {
+    for (std::size_t n : {0, 1, 2, 3, 4, 5, 7, 8, 30, 31, 32, 33, 63, 64, 65, 1055, 1056}) {
+        lvec v;
+        model_t m;
+        for (std::size_t i = 0; i < n; ++i) {
+            v = v.push_back(handle{static_cast<int>(i)});
+            m.push_back(static_cast<int>(i));
+        }
+        for (long point = 1;; ++point) {
+            const long nodes = lend_counts::live_nodes;
+            const auto net = lend_counts::net;
+            lend_counts::fail_at = point;
+            try {
+                lvec w = v.push_back(handle{4000});
+                lend_counts::fail_at = 0;
+                model_t mw = m;
+                mw.push_back(4000);
+                ASSERT_TRUE(lend_holds(w, mw));
+                break;
+            } catch (const std::bad_alloc&) {
+                lend_counts::fail_at = 0;
+                ASSERT_EQ(lend_counts::live_nodes, nodes) << "size " << n << ", failure at allocation " << point;
+                ASSERT_TRUE(lend_counts::net == net) << "size " << n << ", failure at allocation " << point;
+                ASSERT_TRUE(lend_holds(v, m));
+            }
+        }
+    }
+}
+
 // ---- threads --------------------------------------------------------------------------------------
 //
 // 16 threads share one vector and derive versions from it; they also publish versions on a
@@ -1417,8 +1619,17 @@ struct atomic_tracking_policy : default_policy {  // default_policy's atomic ref
     }
 };
 
-TEST(VectorThreads, SixteenThreadsShareAndDeriveVersions) {
-    using tvec = persistent_vector<int, atomic_tracking_policy>;
+// The same with tails lending their values (counted: every retain is matched by a release).
+struct atomic_lending_policy : atomic_tracking_policy {
+    static constexpr bool lend_tail_prefixes = true;
+    static inline std::atomic<long> net_retained{0};
+    static void retain(const int&) noexcept { net_retained.fetch_add(1, std::memory_order_relaxed); }
+    static void release(const int&) noexcept { net_retained.fetch_sub(1, std::memory_order_relaxed); }
+};
+
+template <class Policy>
+void share_and_derive_on_sixteen_threads() {
+    using tvec = persistent_vector<int, Policy>;
     using entry = std::pair<tvec, model_t>;
     {
         const model_t shared_model = iota_model(3000);
@@ -1522,6 +1733,15 @@ TEST(VectorThreads, SixteenThreadsShareAndDeriveVersions) {
         EXPECT_TRUE(agrees(shared, shared_model, true));
     }
     EXPECT_EQ(atomic_tracking_policy::live_nodes.load(), 0) << "nodes leaked";
+}
+
+TEST(VectorThreads, SixteenThreadsShareAndDeriveVersions) { share_and_derive_on_sixteen_threads<atomic_tracking_policy>(); }
+
+TEST(VectorThreads, SixteenThreadsShareAndDeriveVersionsWithLentTails) {
+    static_assert(persistent_vector<int, atomic_lending_policy>::trie::lending, "the lending path");
+    atomic_lending_policy::net_retained = 0;
+    share_and_derive_on_sixteen_threads<atomic_lending_policy>();
+    EXPECT_EQ(atomic_lending_policy::net_retained.load(), 0) << "retains and releases do not balance";
 }
 
 }  // namespace
