@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Checks that other CMake projects can use PyPersistent's core in each supported way:
+#   (0) the README's install command, with GoogleTest hidden: it must not need it;
 #   (a) installed: `cmake --install` into a temporary prefix, then examples/cpp_core_only built
 #       on its own against it with find_package(pypersistent CONFIG) and CMAKE_PREFIX_PATH;
 #   (b) add_subdirectory(<checkout>) and (c) FetchContent_Declare(SOURCE_DIR <checkout>) from a
@@ -22,6 +23,11 @@ command -v ninja >/dev/null && gen=(-G Ninja)
 rm -rf "$work"
 mkdir -p "$work"
 prefix=$work/prefix
+# The version, as CMakeLists.txt's project() writes it (its only place).
+version=$(sed -n 's/^project(pypersistent VERSION \([0-9.]*\).*/\1/p' "$root/CMakeLists.txt")
+[ -n "$version" ] || die "no version in $root/CMakeLists.txt"
+major=${version%%.*}
+minor=${version#*.}; minor=${minor%%.*}
 
 # Output goes to a log per step; shown only when the step fails.
 step() {
@@ -31,6 +37,13 @@ step() {
         die "$name failed: $*"
     fi
 }
+
+log "(0) the README's install command on a machine without GoogleTest (tests are off unless asked)"
+step readme-install-configure cmake -S "$root" -B "$work/readme-install" -DCMAKE_DISABLE_FIND_PACKAGE_GTest=ON
+step readme-install cmake --install "$work/readme-install" --prefix "$work/readme-prefix"
+[ -f "$work/readme-prefix/include/pypersistent/persistent_vector.hpp" ] || die "the README's install installed no headers"
+grep -q "cmake -S . -B build && cmake --install build --prefix" "$root/README.md" ||
+    die "README.md's install command changed: update this check"
 
 log "(a) install into $prefix"
 step project-configure cmake -S "$root" -B "$work/project" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
@@ -47,7 +60,7 @@ done
 log "(a) examples/cpp_core_only on its own, find_package(pypersistent CONFIG) from $prefix"
 step core-only-configure cmake -S "$root/examples/cpp_core_only" -B "$work/core-only" "${gen[@]}" \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
-grep -q "pypersistent 0.1.0 from $prefix/share/cmake/pypersistent" "$work/core-only-configure.log" ||
+grep -q "pypersistent $version from $prefix/share/cmake/pypersistent" "$work/core-only-configure.log" ||
     die "find_package did not take the package from $prefix: $(grep pypersistent "$work/core-only-configure.log")"
 step core-only-build cmake --build "$work/core-only"
 # The headers must come from the prefix, not from the checkout.
@@ -61,14 +74,18 @@ fi
 
 # A version the package does not satisfy must be refused (SameMinorVersion).
 mkdir -p "$work/version-check"
-cat >"$work/version-check/CMakeLists.txt" <<'CMAKE'
+cat >"$work/version-check/CMakeLists.txt" <<CMAKE
 cmake_minimum_required(VERSION 3.18)
 project(version_check NONE)
-find_package(pypersistent 0.2 CONFIG QUIET)
+find_package(pypersistent $major.$((minor + 1)) CONFIG QUIET)
 if(pypersistent_FOUND)
-  message(FATAL_ERROR "0.1.0 accepted for a request of 0.2")
+  message(FATAL_ERROR "$version accepted for a request of $major.$((minor + 1))")
 endif()
-find_package(pypersistent 0.1 CONFIG REQUIRED)
+find_package(pypersistent $((major + 1)).0 CONFIG QUIET)
+if(pypersistent_FOUND)
+  message(FATAL_ERROR "$version accepted for a request of $((major + 1)).0")
+endif()
+find_package(pypersistent $major.$minor CONFIG REQUIRED)
 CMAKE
 step version-check cmake -S "$work/version-check" -B "$work/version-check/build" -DCMAKE_PREFIX_PATH="$prefix"
 
