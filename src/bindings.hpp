@@ -88,7 +88,8 @@ struct MapObject {
 // seeing a half-finished in-place edit.
 struct TransientObject {
     PyObject_HEAD
-    object_transient* transient;  // nullptr once persistent() was called
+    object_transient* transient;  // nullptr once finished (persistent() or the end of a with-block)
+    PyObject* frozen;             // the PersistentMap it was finished into
     bool busy;
     PyObject* weakreflist;
     module_state* state;
@@ -252,7 +253,8 @@ struct ListObject {
 // Like TransientObject: a critical section and the `busy` flag around every operation.
 struct TransientListObject {
     PyObject_HEAD
-    object_vector_transient* transient;  // nullptr once persistent() was called
+    object_vector_transient* transient;  // nullptr once finished
+    PyObject* frozen;                    // the PersistentList it was finished into
     bool busy;
     PyObject* weakreflist;
     module_state* state;

@@ -554,17 +554,7 @@ PyObject* list_count(PyObject* self, PyObject* x) {
 PyObject* list_reversed(PyObject* self, PyObject*) { return make_list_iterator(self, true); }
 
 PyObject* new_transient_list(module_state* state, object_vector_transient* t) {
-    PyTypeObject* type = state->transient_list_type;
-    auto* obj = reinterpret_cast<TransientListObject*>(type->tp_alloc(type, 0));
-    if (!obj) {
-        delete t;
-        return nullptr;
-    }
-    obj->transient = t;
-    obj->busy = false;
-    obj->weakreflist = nullptr;
-    obj->state = state;
-    return reinterpret_cast<PyObject*>(obj);
+    return new_transient<TransientListObject>(state->transient_list_type, state, t);
 }
 
 PyObject* list_transient(PyObject* self, PyObject*) {
@@ -830,31 +820,28 @@ PyObject* tlist_pop(PyObject* self, PyObject*) {
     });
 }
 
+PyObject* tlist_freeze(TransientListObject* obj, object_vector_transient& t) {
+    return new_list(obj->state->list_type, obj->state, t.persistent());
+}
+
 PyObject* tlist_persistent(PyObject* self, PyObject*) {
-    TransientListObject* obj = as_tlist(self);
-    module_state* state = obj->state;
-    return locked<PyObject*>(self, nullptr, [&](object_vector_transient& t) -> PyObject* {
-        PyObject* result = new_list(state->list_type, state, t.persistent());
-        if (result) {
-            delete obj->transient;
-            obj->transient = nullptr;
-        }
-        return result;
-    });
+    return finish_transient<TransientListObject>(self, "TransientList",
+                                                 [&](object_vector_transient& t) { return tlist_freeze(as_tlist(self), t); });
 }
 
 PyObject* tlist_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
-// Leaving the with-block finishes the transient (if persistent() has not already).
 PyObject* tlist_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
-    return exit_transient<TransientListObject>(self, "TransientList");
+    return exit_transient<TransientListObject>(self, "TransientList",
+                                               [&](object_vector_transient& t) { return tlist_freeze(as_tlist(self), t); });
 }
 
-PyObject* tlist_repr(PyObject* self) { return repr_transient<TransientListObject>(self, "TransientList"); }
+PyObject* tlist_repr(PyObject* self) { return repr_transient<TransientListObject>(self, "TransientList", tlist_snapshot); }
 
 int tlist_traverse(PyObject* self, visitproc visit, void* arg) {
     Py_VISIT(Py_TYPE(self));
     TransientListObject* obj = as_tlist(self);
+    if (const int r = visit_frozen<TransientListObject>(self, visit, arg)) return r;
     if (!obj->transient) return 0;
     // Never in the middle of a C++ edit, which calls no Python while nodes are half-built.
     const object_vector_transient& t = *obj->transient;
@@ -862,25 +849,9 @@ int tlist_traverse(PyObject* self, visitproc visit, void* arg) {
     return traverse_nodes<vector_node_traits>(self, obj->state, roots, 2, visit, arg);
 }
 
-int tlist_clear(PyObject* self) {
-    TransientListObject* obj = as_tlist(self);
-    object_vector_transient* dropped = obj->transient;
-    obj->transient = nullptr;
-    delete dropped;
-    return 0;
-}
+int tlist_clear(PyObject* self) { return clear_transient<TransientListObject>(self); }
 
-void tlist_dealloc(PyObject* self) {
-    TransientListObject* obj = as_tlist(self);
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    Py_TRASHCAN_BEGIN(self, tlist_dealloc)
-    if (obj->weakreflist) PyObject_ClearWeakRefs(self);
-    delete obj->transient;
-    type->tp_free(self);
-    Py_DECREF(type);
-    Py_TRASHCAN_END
-}
+void tlist_dealloc(PyObject* self) { dealloc_transient<TransientListObject>(self, tlist_dealloc); }
 
 PyObject* tlist_new(PyTypeObject*, PyObject*, PyObject*) {
     PyErr_SetString(PyExc_TypeError, "TransientList cannot be created directly: use PersistentList.transient()");
@@ -892,7 +863,7 @@ PyMethodDef tlist_methods[] = {
     {"extend", tlist_extend, METH_O, "extend(iterable) -> None: appends the items in place."},
     {"pop", tlist_pop, METH_NOARGS, "pop() -> the last element, removed in place; IndexError if empty."},
     {"persistent", tlist_persistent, METH_NOARGS,
-     "persistent() -> PersistentList\n\nFreezes the contents in O(1); the transient cannot be used afterwards."},
+     "persistent() -> PersistentList\n\nFreezes the contents in O(1) and finishes the transient (so does the end of its with-block): edits raise RuntimeError afterwards, and persistent() returns the same PersistentList again."},
     {"__enter__", tlist_enter, METH_NOARGS, nullptr},
     {"__exit__", PP_FASTCALL(tlist_exit), METH_FASTCALL, nullptr},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "bindings.hpp"
+#include "transient_support.hpp"
 
 namespace pypersistent::python {
 namespace {
@@ -314,19 +315,7 @@ PyObject* map_items(PyObject* self, PyObject*) { return make_view(as_map(self)->
 PyObject* map_transient(PyObject* self, PyObject*) {
     MapObject* m = as_map(self);
     PyTypeObject* type = m->state->transient_type;
-    return guarded([&]() -> PyObject* {
-        auto* t = new object_transient(m->map.transient());
-        auto* obj = reinterpret_cast<TransientObject*>(type->tp_alloc(type, 0));
-        if (!obj) {
-            delete t;
-            return nullptr;
-        }
-        obj->transient = t;
-        obj->busy = false;
-        obj->weakreflist = nullptr;
-        obj->state = m->state;
-        return reinterpret_cast<PyObject*>(obj);
-    });
+    return guarded([&] { return new_transient<TransientObject>(type, m->state, new object_transient(m->map.transient())); });
 }
 
 PyObject* map_create(PyObject* cls, PyObject* args, PyObject* kwargs) {

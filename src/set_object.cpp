@@ -28,7 +28,8 @@ struct SetObject {
 // and `busy` refusing a second user while elements' __hash__/__eq__ suspend it.
 struct TransientSetObject {
     PyObject_HEAD
-    object_set_transient* transient;  // nullptr once persistent() was called
+    object_set_transient* transient;  // nullptr once finished
+    PyObject* frozen;                 // the PersistentSet it was finished into
     bool busy;
     PyObject* weakreflist;
     module_state* state;
@@ -527,18 +528,7 @@ PyObject* set_deepcopy(PyObject* self, PyObject* memo) {
 }
 
 PyObject* new_transient_set(module_state* state, object_set_transient&& t) {
-    PyTypeObject* type = state->transient_set_type;
-    auto* held = new object_set_transient(std::move(t));
-    auto* obj = reinterpret_cast<TransientSetObject*>(type->tp_alloc(type, 0));
-    if (!obj) {
-        delete held;
-        return nullptr;
-    }
-    obj->transient = held;
-    obj->busy = false;
-    obj->weakreflist = nullptr;
-    obj->state = state;
-    return reinterpret_cast<PyObject*>(obj);
+    return new_transient<TransientSetObject>(state->transient_set_type, state, new object_set_transient(std::move(t)));
 }
 
 PyObject* set_transient(PyObject* self, PyObject*) {
@@ -700,42 +690,32 @@ PyObject* tset_update(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     return Py_NewRef(self);
 }
 
+PyObject* tset_freeze(TransientSetObject* obj, object_set_transient& t) {
+    return new_set(obj->state->set_type, obj->state, t.persistent());
+}
+
 PyObject* tset_persistent(PyObject* self, PyObject*) {
-    TransientSetObject* obj = as_tset(self);
-    module_state* state = obj->state;
-    return locked<PyObject*>(self, nullptr, [&](object_set_transient& t) -> PyObject* {
-        PyObject* result = new_set(state->set_type, state, t.persistent());
-        if (result) {
-            delete obj->transient;
-            obj->transient = nullptr;
-        }
-        return result;
-    });
+    return finish_transient<TransientSetObject>(self, "TransientSet", [&](object_set_transient& t) { return tset_freeze(as_tset(self), t); });
 }
 
 PyObject* tset_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
 PyObject* tset_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
-    return exit_transient<TransientSetObject>(self, "TransientSet");
+    return exit_transient<TransientSetObject>(self, "TransientSet", [&](object_set_transient& t) { return tset_freeze(as_tset(self), t); });
 }
 
-PyObject* tset_repr(PyObject* self) { return repr_transient<TransientSetObject>(self, "TransientSet"); }
+PyObject* tset_repr(PyObject* self) { return repr_transient<TransientSetObject>(self, "TransientSet", tset_snapshot); }
 
 int tset_traverse(PyObject* self, visitproc visit, void* arg) {
     Py_VISIT(Py_TYPE(self));
     TransientSetObject* obj = as_tset(self);
+    if (const int r = visit_frozen<TransientSetObject>(self, visit, arg)) return r;
     if (!obj->transient) return 0;
     const object_set_trie::node* root = obj->transient->root();
     return traverse_nodes<set_node_traits>(self, obj->state, &root, 1, visit, arg);
 }
 
-int tset_clear(PyObject* self) {
-    TransientSetObject* obj = as_tset(self);
-    object_set_transient* dropped = obj->transient;
-    obj->transient = nullptr;
-    delete dropped;
-    return 0;
-}
+int tset_clear(PyObject* self) { return clear_transient<TransientSetObject>(self); }
 
 PyObject* tset_new(PyTypeObject*, PyObject*, PyObject*) {
     PyErr_SetString(PyExc_TypeError, "TransientSet cannot be created directly: use PersistentSet.transient()");
@@ -751,7 +731,7 @@ PyMethodDef tset_methods[] = {
     {"contains", tset_contains_method, METH_O, "contains(x) -> bool"},
     {"update", fastcall<tset_update>(), METH_FASTCALL, "update(*iterables) -> self: adds their elements in place."},
     {"persistent", tset_persistent, METH_NOARGS,
-     "persistent() -> PersistentSet\n\nFreezes the contents in O(1); the transient cannot be used afterwards."},
+     "persistent() -> PersistentSet\n\nFreezes the contents in O(1) and finishes the transient (so does the end of its with-block): edits raise RuntimeError afterwards, and persistent() returns the same PersistentSet again."},
     {"__enter__", tset_enter, METH_NOARGS, nullptr},
     {"__exit__", fastcall<tset_exit>(), METH_FASTCALL, nullptr},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
@@ -778,17 +758,7 @@ PyType_Slot tset_slots[] = {
     {0, nullptr},
 };
 
-void tset_dealloc(PyObject* self) {
-    TransientSetObject* obj = as_tset(self);
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    Py_TRASHCAN_BEGIN(self, tset_dealloc)
-    if (obj->weakreflist) PyObject_ClearWeakRefs(self);
-    delete obj->transient;
-    type->tp_free(self);
-    Py_DECREF(type);
-    Py_TRASHCAN_END
-}
+void tset_dealloc(PyObject* self) { dealloc_transient<TransientSetObject>(self, tset_dealloc); }
 
 // ---- iterator -----------------------------------------------------------------------------------
 

@@ -127,58 +127,149 @@ PyObject* transient_update(PyObject* self, PyObject* args, PyObject* kwargs) {
     return result;
 }
 
-// Freezes the contents into a PersistentMap and finishes the transient: any later use raises.
+PyObject* freeze(TransientObject* obj, object_transient& t) { return new_map(obj->state->map_type, obj->state, t.persistent()); }
+
+// Freezes the contents into a PersistentMap and finishes the transient (see finish_transient).
 PyObject* transient_persistent(PyObject* self, PyObject*) {
-    TransientObject* obj = as_transient(self);
-    module_state* state = obj->state;
-    return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
-        PyObject* result = new_map(state->map_type, state, t.persistent());
-        if (result) {
-            delete obj->transient;
-            obj->transient = nullptr;
-        }
-        return result;
-    });
+    return finish_transient<TransientObject>(self, "TransientMap", [&](object_transient& t) { return freeze(as_transient(self), t); });
 }
 
 PyObject* transient_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
-// Leaving the with-block finishes the transient (if persistent() has not already).
+// Leaving the with-block finishes the transient as persistent() does.
 PyObject* transient_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
-    return exit_transient<TransientObject>(self, "TransientMap");
+    return exit_transient<TransientObject>(self, "TransientMap", [&](object_transient& t) { return freeze(as_transient(self), t); });
 }
 
-PyObject* transient_repr(PyObject* self) { return repr_transient<TransientObject>(self, "TransientMap"); }
+PyObject* transient_repr(PyObject* self) { return repr_transient<TransientObject>(self, "TransientMap", snapshot); }
+
+// ---- the rest of MutableMapping ----------------------------------------------------------------
+
+PyObject* transient_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "pop() takes 1 or 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    PyObject* key = args[0];
+    PyObject* fallback = nargs == 2 ? args[1] : nullptr;
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
+        const Py_hash_t h = key_hash(key);
+        if (h == -1) return nullptr;
+        PyObject* const* v = t.find_hashed(key, to_trie_hash(h));
+        if (!v) {
+            if (fallback) return Py_NewRef(fallback);
+            set_key_error(key);
+            return nullptr;
+        }
+        PyObject* value = Py_NewRef(*v);
+        try {
+            t.erase_hashed(key, to_trie_hash(h));
+        } catch (...) {
+            Py_DECREF(value);
+            throw;
+        }
+        return value;
+    });
+}
+
+PyObject* transient_popitem(PyObject* self, PyObject*) {
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
+        auto it = t.begin();
+        if (it == t.end()) {
+            PyErr_SetString(PyExc_KeyError, "popitem(): TransientMap is empty");
+            return nullptr;
+        }
+        PyObject* pair = PyTuple_Pack(2, it->first, it->second);
+        if (!pair) return nullptr;
+        try {
+            // The entry's own key and cached hash: found by identity, no user code runs.
+            t.erase_hashed(it->first, it->hash);
+        } catch (...) {
+            Py_DECREF(pair);
+            throw;
+        }
+        return pair;
+    });
+}
+
+PyObject* transient_setdefault(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "setdefault() takes 1 or 2 arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    PyObject* key = args[0];
+    PyObject* fallback = nargs == 2 ? args[1] : Py_None;
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
+        const Py_hash_t h = key_hash(key);
+        if (h == -1) return nullptr;
+        if (PyObject* const* v = t.find_hashed(key, to_trie_hash(h))) return Py_NewRef(*v);
+        t.set_hashed(key, fallback, to_trie_hash(h));
+        return Py_NewRef(fallback);
+    });
+}
+
+PyObject* transient_clear_method(PyObject* self, PyObject*) {
+    TransientObject* obj = as_transient(self);
+    return guarded([&]() -> PyObject* {
+        auto* fresh = new object_transient(object_map().transient());
+        object_transient* old = nullptr;
+        const bool swapped = locked<bool>(self, false, [&](object_transient&) {
+            old = obj->transient;
+            obj->transient = fresh;
+            return true;
+        });
+        delete (swapped ? old : fresh);  // outside the lock: dropping values may run arbitrary code
+        return swapped ? Py_NewRef(Py_None) : nullptr;
+    });
+}
+
+PyObject* transient_copy(PyObject* self, PyObject*) {
+    TransientObject* obj = as_transient(self);
+    return locked<PyObject*>(self, nullptr, [&](object_transient& t) {
+        return new_transient<TransientObject>(Py_TYPE(self), obj->state, new object_transient(t.persistent().transient()));
+    });
+}
+
+// keys(), values(), items(): live views, as a dict's are (collections.abc's, over this mapping).
+PyObject* abc_view(PyObject* self, const char* view_name) {
+    PyObject* abc = PyImport_ImportModule("collections.abc");
+    if (!abc) return nullptr;
+    PyObject* view_type = PyObject_GetAttrString(abc, view_name);
+    Py_DECREF(abc);
+    if (!view_type) return nullptr;
+    PyObject* view = PyObject_CallOneArg(view_type, self);
+    Py_DECREF(view_type);
+    return view;
+}
+PyObject* transient_keys(PyObject* self, PyObject*) { return abc_view(self, "KeysView"); }
+PyObject* transient_values(PyObject* self, PyObject*) { return abc_view(self, "ValuesView"); }
+PyObject* transient_items(PyObject* self, PyObject*) { return abc_view(self, "ItemsView"); }
+
+// == and != compare the current contents, as PersistentMap does (with any Mapping).
+PyObject* transient_richcompare(PyObject* self, PyObject* other, int op) {
+    if (op != Py_EQ && op != Py_NE) Py_RETURN_NOTIMPLEMENTED;
+    PyObject* mine = snapshot(self);
+    if (!mine) return nullptr;
+    PyObject* theirs = Py_TYPE(other) == Py_TYPE(self) ? snapshot(other) : Py_NewRef(other);
+    PyObject* result = theirs ? PyObject_RichCompare(mine, theirs, op) : nullptr;
+    Py_DECREF(mine);
+    Py_XDECREF(theirs);
+    return result;
+}
 
 int transient_traverse(PyObject* self, visitproc visit, void* arg) {
     Py_VISIT(Py_TYPE(self));
     TransientObject* obj = as_transient(self);
+    if (const int r = visit_frozen<TransientObject>(self, visit, arg)) return r;
     if (!obj->transient) return 0;
     // The collector runs this with the world stopped (free-threaded) or the GIL held, and never
     // in the middle of a transient's C++ edit, which calls no Python while nodes are half-built.
     return traverse_trie(self, obj->state, obj->transient->root(), visit, arg);
 }
 
-int transient_clear(PyObject* self) {
-    TransientObject* obj = as_transient(self);
-    object_transient* dropped = obj->transient;
-    obj->transient = nullptr;
-    delete dropped;
-    return 0;
-}
+int transient_clear(PyObject* self) { return clear_transient<TransientObject>(self); }
 
-void transient_dealloc(PyObject* self) {
-    TransientObject* obj = as_transient(self);
-    PyTypeObject* type = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    // Transients may hold transients that hold transients...: a loop, not C recursion.
-    Py_TRASHCAN_BEGIN(self, transient_dealloc)
-    if (obj->weakreflist) PyObject_ClearWeakRefs(self);
-    delete obj->transient;
-    type->tp_free(self);
-    Py_DECREF(type);
-    Py_TRASHCAN_END
-}
+void transient_dealloc(PyObject* self) { dealloc_transient<TransientObject>(self, transient_dealloc); }
 
 PyObject* transient_new(PyTypeObject*, PyObject*, PyObject*) {
     PyErr_SetString(PyExc_TypeError, "TransientMap cannot be created directly: use PersistentMap.transient()");
@@ -198,7 +289,18 @@ PyMethodDef transient_methods[] = {
     {"update", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_update)),
      METH_VARARGS | METH_KEYWORDS, "update(other=(), /, **kw) -> self: adds items in place."},
     {"persistent", transient_persistent, METH_NOARGS,
-     "persistent() -> PersistentMap\n\nFreezes the contents in O(1); the transient cannot be used afterwards."},
+     "persistent() -> PersistentMap\n\nFreezes the contents in O(1) and finishes the transient (so does the end of its "
+     "with-block): edits raise RuntimeError afterwards, and persistent() returns the same PersistentMap again."},
+    {"pop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_pop)), METH_FASTCALL,
+     "pop(key[, default]) -> the value of key, removed in place; default, or KeyError, if absent."},
+    {"popitem", transient_popitem, METH_NOARGS, "popitem() -> (key, value), removed in place; KeyError if empty."},
+    {"setdefault", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_setdefault)), METH_FASTCALL,
+     "setdefault(key, default=None) -> the value of key, set to default first if absent."},
+    {"clear", transient_clear_method, METH_NOARGS, "clear() -> None: removes every item in place."},
+    {"copy", transient_copy, METH_NOARGS, "copy() -> TransientMap: a new transient with the same items, O(1)."},
+    {"keys", transient_keys, METH_NOARGS, "keys() -> a live view of the keys."},
+    {"values", transient_values, METH_NOARGS, "values() -> a live view of the values."},
+    {"items", transient_items, METH_NOARGS, "items() -> a live view of the (key, value) pairs."},
     {"__enter__", transient_enter, METH_NOARGS, nullptr},
     {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_exit)), METH_FASTCALL, nullptr},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
@@ -218,6 +320,7 @@ PyType_Slot transient_slots[] = {
     {Py_tp_clear, reinterpret_cast<void*>(transient_clear)},
     {Py_tp_iter, reinterpret_cast<void*>(transient_iter)},
     {Py_tp_repr, reinterpret_cast<void*>(transient_repr)},
+    {Py_tp_richcompare, reinterpret_cast<void*>(transient_richcompare)},
     {Py_tp_methods, transient_methods},
     {Py_tp_members, transient_members},
     {Py_mp_length, reinterpret_cast<void*>(transient_length)},

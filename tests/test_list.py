@@ -358,13 +358,14 @@ def test_transient_builder() -> None:
         del t[0]
     with pytest.raises(TypeError):
         t["a"]  # type: ignore[index]
-    assert repr(t) == "TransientList(<5 items>)"
+    assert repr(t) == "TransientList(['a', 2, 3, 4, 5])"
     done = t.persistent()
     assert done == PL(["a", 2, 3, 4, 5]) and base == PL([1, 2, 3])
     assert repr(t) == "TransientList(<finished>)"
-    for use in (lambda: t.append(1), lambda: len(t), lambda: t[0], lambda: t.persistent(), lambda: list(t)):
+    for use in (lambda: t.append(1), lambda: len(t), lambda: t[0], lambda: list(t)):
         with pytest.raises(RuntimeError, match="finished"):
             use()
+    assert t.persistent() is done
     with pytest.raises(TypeError):
         TransientList()
 
@@ -389,6 +390,7 @@ def test_transient_context_manager() -> None:
         t2.append(2)
     with pytest.raises(RuntimeError):
         t2.append(3)
+    assert t2.persistent() == PL([1, 2])  # the block's end froze the edits
 
 
 def test_transient_snapshots_do_not_change() -> None:

@@ -281,12 +281,13 @@ def test_transient() -> None:
         t.remove(99)
     assert info.value.args == (99,)
     assert t.remove(2) is t
-    assert sorted(t) == [3, 4, 5, 6] and "4 items" in repr(t)
+    assert sorted(t) == [3, 4, 5, 6] and repr(t) == f"TransientSet({set(t)!r})"
     frozen = t.persistent()
     assert frozen == {3, 4, 5, 6} and s == {1, 2} and type(frozen) is PersistentSet
-    for call in (lambda: t.add(1), lambda: len(t), lambda: 1 in t, t.persistent, lambda: list(t)):
+    for call in (lambda: t.add(1), lambda: len(t), lambda: 1 in t, lambda: list(t)):
         with pytest.raises(RuntimeError):
             call()
+    assert t.persistent() is frozen
     assert "finished" in repr(t)
     with pytest.raises(TypeError):
         TransientSet()
@@ -294,6 +295,7 @@ def test_transient() -> None:
         u.add(1)
     with pytest.raises(RuntimeError):
         u.add(2)
+    assert u.persistent() == {1}  # the block's end froze the edits
 
 
 def test_transient_busy_during_element_hash() -> None:

@@ -132,7 +132,12 @@ USES_AFTER_PERSISTENT = {
     "contains": lambda t: "a" in t,
     "len": lambda t: len(t),
     "iter": lambda t: list(t),
-    "persistent": lambda t: t.persistent(),
+    "pop": lambda t: t.pop("a"),
+    "popitem": lambda t: t.popitem(),
+    "setdefault": lambda t: t.setdefault("x", 1),
+    "clear": lambda t: t.clear(),
+    "copy": lambda t: t.copy(),
+    "eq": lambda t: t == {},
 }
 
 
@@ -322,6 +327,38 @@ def test_context_manager_without_persistent_leaves_original():
     assert contents(m) == {"a": 1}
 
 
+def test_leaving_the_with_block_freezes_the_edits():
+    # The block's end finishes the transient as persistent() does; persistent() afterwards
+    # returns that map (it used to raise "persistent() was already called", losing the edits).
+    m = PersistentMap({"a": 1})
+    with m.transient() as t:
+        t["b"] = 2
+    p = t.persistent()
+    assert isinstance(p, PersistentMap) and contents(p) == {"a": 1, "b": 2}
+    assert t.persistent() is p
+    with pytest.raises(RuntimeError, match="finished"):
+        t["c"] = 3
+    assert contents(p) == {"a": 1, "b": 2} and contents(m) == {"a": 1}
+    # persistent() inside the block: the block's end keeps that result
+    with m.transient() as t2:
+        t2["x"] = 1
+        inside = t2.persistent()
+    assert t2.persistent() is inside
+    # an exception in the block propagates, and the edits made before it are kept too
+    with pytest.raises(ValueError):
+        with m.transient() as t3:
+            t3["y"] = 1
+            raise ValueError
+    assert contents(t3.persistent()) == {"a": 1, "y": 1}
+
+
+def test_persistent_twice_returns_the_same_map():
+    t = PersistentMap({"a": 1}).transient()
+    t["b"] = 2
+    p = t.persistent()
+    assert t.persistent() is p and t.persistent() is p
+
+
 def test_context_manager_does_not_swallow_exceptions():
     m = PersistentMap({"a": 1})
     with pytest.raises(ValueError, match="inside"):
@@ -351,3 +388,79 @@ def test_failed_operation_leaves_transient_usable_and_unchanged():
     assert contents(t) == {"a": 1, "b": 2}
     t["c"] = 3
     assert contents(t.persistent()) == {"a": 1, "b": 2, "c": 3}
+
+
+# --------------------------------------------------------------------------------------
+# TransientMap is a MutableMapping: the same answers as a dict, call for call
+# --------------------------------------------------------------------------------------
+
+
+def test_transient_map_is_a_mutable_mapping():
+    import collections.abc
+
+    t = PersistentMap().transient()
+    assert isinstance(t, collections.abc.MutableMapping)
+    with pytest.raises(TypeError):
+        hash(t)  # mutable, like dict
+
+
+def test_mutable_mapping_api_against_dict():
+    import random
+
+    rng = random.Random(3)
+    d: dict = {}
+    t = PersistentMap().transient()
+    keys_view, values_view, items_view = t.keys(), t.values(), t.items()
+    for step in range(4000):
+        k = rng.randrange(40)
+        op = rng.randrange(9)
+        if op == 0:
+            d[k] = t[k] = step
+        elif op == 1:
+            assert t.pop(k, "none") == d.pop(k, "none")
+        elif op == 2:
+            if k in d:
+                assert t.pop(k) == d.pop(k)
+            else:
+                with pytest.raises(KeyError) as info:
+                    t.pop(k)
+                assert info.value.args == (k,)
+        elif op == 3:
+            assert t.setdefault(k, step) == d.setdefault(k, step)
+        elif op == 4:
+            if d:
+                key, value = t.popitem()
+                assert d.pop(key) == value
+            else:
+                with pytest.raises(KeyError):
+                    t.popitem()
+        elif op == 5 and rng.random() < 0.05:
+            t.clear()
+            d.clear()
+        elif op == 6:
+            extra = {rng.randrange(40): step for _ in range(3)}
+            t.update(extra)
+            d.update(extra)
+        elif op == 7:
+            c = t.copy()
+            assert type(c) is TransientMap and c == d and c is not t
+            c[-1] = "only in the copy"
+            assert -1 not in t
+        else:
+            assert t.get(k) == d.get(k) and (k in t) == (k in d)
+        assert len(t) == len(d) and t == d and not (t != d)
+        # the views are live, as a dict's are
+        assert set(keys_view) == d.keys() and sorted(values_view) == sorted(d.values())
+        assert set(items_view) == set(d.items()) and len(keys_view) == len(d)
+        assert (k in keys_view) == (k in d)
+    assert t == PersistentMap(d) and t.persistent() == d
+
+
+def test_repr_shows_the_contents():
+    t = PersistentMap({"a": 1}).transient()
+    assert repr(t) == "TransientMap({'a': 1})"
+    t["self"] = t  # a transient holding itself: no endless recursion
+    assert repr(t) in ("TransientMap({'a': 1, 'self': TransientMap(...)})", "TransientMap({'self': TransientMap(...), 'a': 1})")
+    del t["self"]
+    t.persistent()
+    assert repr(t) == "TransientMap(<finished>)"

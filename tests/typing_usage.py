@@ -7,7 +7,7 @@ must hold at run time too.
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, MutableMapping, Sequence, ValuesView
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -74,6 +74,17 @@ def edit(m: PersistentMap[str, int]) -> PersistentMap[str, int]:
     t.update({"w": 40})
     got: Optional[int] = t.get("y")
     assert got == 20 and "w" in t and len(t) >= 2
+    # A full MutableMapping.
+    mm: MutableMapping[str, int] = t
+    assert_type(t.pop("w"), int)
+    assert_type(t.pop("absent", None), Optional[int])
+    assert_type(t.setdefault("s", 5), int)
+    t.setdefault("s", 6)
+    key, value = t.popitem()
+    t[key] = value
+    assert_type(t.copy(), TransientMap[str, int])
+    assert sorted(t.keys()) == sorted(k for k, _ in t.items()) and len(t.values()) == len(mm)
+    assert t == t.copy()
     result = t.persistent()
     assert_type(result, PersistentMap[str, int])
     with m.transient() as t2:

@@ -49,6 +49,7 @@ __all__ += ["PersistentList", "TransientList"]
 __all__ += ["PersistentSet", "TransientSet"]
 
 _abc.Mapping.register(PersistentMap)
+_abc.MutableMapping.register(TransientMap)
 _abc.KeysView.register(PersistentMapKeys)
 _abc.ValuesView.register(PersistentMapValues)
 _abc.ItemsView.register(PersistentMapItems)
