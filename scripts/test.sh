@@ -47,7 +47,7 @@ step "Python $(python3 -c 'import sys; print(sys.version.split()[0])') (default)
 default_venv=build/venv-default
 [ -x "$default_venv/bin/python" ] || python3 -m venv "$default_venv"
 "$default_venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$default_venv/bin/python" -m pip install -q ".[test]" immutables
+"$default_venv/bin/python" -m pip install -q ".[test]" immutables basedpyright
 (cd tests && "../$default_venv/bin/python" -m pytest -q -n "$jobs" -p no:cacheprovider .)
 
 if [ "$quick" = 1 ]; then

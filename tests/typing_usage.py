@@ -194,6 +194,28 @@ def atoms() -> None:
     plain = Atom()
     assert_type(plain.deref(), PersistentMap[Any, Any])
 
+    def bump(m: PersistentMap[str, int], key: str, by: int = 1) -> PersistentMap[str, int]:
+        return m.set(key, m.get(key, 0) + by)
+
+    counts.swap(bump, "n")
+    counts.swap(bump, "m", by=5)
+    assert counts.deref() == {"n": 2, "m": 5}
+
+
+def widen(flags: PersistentMap[str, bool]) -> PersistentMap[str, int]:
+    return flags  # covariant in the values, like immutables.Map
+
+
+def covariance() -> None:
+    flags: PersistentMap[str, bool] = PersistentMap(a=True)
+    numbers = widen(flags)
+    assert_type(flags.set("b", 2), PersistentMap[str, bool | int])
+    assert_type(numbers.set("b", 2), PersistentMap[str, int])
+    assert_type(numbers | {"c": 1.5}, PersistentMap[str, int | float])
+    assert_type(numbers.update({"c": "x"}), PersistentMap[str, int | str])
+    assert_type(numbers.get("a", None), Optional[int])
+    assert numbers.set("b", 2) == {"a": True, "b": 2}
+
 
 def main() -> None:
     m = build()
@@ -208,6 +230,7 @@ def main() -> None:
     lists()
     sets()
     atoms()
+    covariance()
 
 
 if __name__ == "__main__":
