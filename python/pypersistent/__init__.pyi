@@ -333,3 +333,9 @@ class Atom(Generic[_Persistent]):
 # pypersistent 2.0's names for the map
 PersistentDict = PersistentMap
 PersistentArrayMap = PersistentMap
+
+def freeze(obj: Any, strict: bool = True, /) -> Any:
+    """Deep conversion of dicts, lists, sets and tuples to PersistentMap, PersistentList, PersistentSet."""
+
+def thaw(obj: Any, strict: bool = True, /) -> Any:
+    """Deep conversion of PersistentMap, PersistentList, PersistentSet (and tuples) to dict, list, set."""
