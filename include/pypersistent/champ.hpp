@@ -826,6 +826,109 @@ struct champ {
         return nullptr;
     }
 
+    // ---- diff ---------------------------------------------------------------------------
+
+    // Every entry of a subtree, in iteration order.
+    template <class F>
+    static void for_each_entry(const node* n, F&& f) {
+        const entry_type* es = entries(n);
+        for (unsigned i = 0, c = entry_count(n); i < c; ++i) f(es[i]);
+        node* const* cs = children(n);
+        for (unsigned i = 0, c = child_count(n); i < c; ++i) for_each_entry(cs[i], f);
+    }
+
+    // An entry present on both sides: reported as changed unless the values are the same
+    // (Policy::same_value) or equal (ValueEqual).
+    template <class Visitor>
+    static void diff_values(const entry_type& a, const entry_type& b, Visitor& v) {
+        if (!same_value(a.second, b.second) && !values_equal(a.second, b.second)) v.changed(a, b);
+    }
+
+    // One side's lone entry `e` against the other side's subtree `n` at level `shift`: the
+    // subtree's entries are all added (or all removed), except the one with e's key, if any,
+    // which is compared with e. `e_is_old` says which side e is on.
+    template <class Visitor>
+    static void diff_entry_subtree(const entry_type& e, const node* n, unsigned shift, bool e_is_old, Visitor& v) {
+        const entry_type* match = find_from(n, shift, entry_hash(e), e.first);
+        auto each = [&](const entry_type& x) {
+            if (&x == match) {
+                if (e_is_old) diff_values(e, x, v); else diff_values(x, e, v);
+            } else if (e_is_old) {
+                v.added(x);
+            } else {
+                v.removed(x);
+            }
+        };
+        for_each_entry(n, each);
+        if (!match) {
+            if (e_is_old) v.removed(e); else v.added(e);
+        }
+    }
+
+    // What changed from subtree `a` to subtree `b` (same level): calls v.removed(entry of a),
+    // v.added(entry of b) and v.changed(entry of a, entry of b). Subtrees both sides share by
+    // pointer are skipped, and thanks to the canonical form the two tries have the same shape
+    // wherever their keys agree, so two versions that differ in k keys cost about k log n.
+    // Read-only: the visitor may throw, and nothing needs undoing.
+    template <class Visitor>
+    static void diff(const node* a, const node* b, unsigned shift, Visitor& v) {
+        if (a == b) return;
+        if (a->collision) {  // both are: collision nodes exist only below the last bitmap level
+            const entry_type* ea = entries(a);
+            const entry_type* eb = entries(b);
+            const unsigned ca = a->datamap, cb = b->datamap;
+            for (unsigned i = 0; i < ca; ++i) {
+                const entry_type* match = nullptr;
+                for (unsigned j = 0; j < cb && !match; ++j) {
+                    if (KeyEqual{}(eb[j].first, ea[i].first)) match = eb + j;
+                }
+                if (match) diff_values(ea[i], *match, v); else v.removed(ea[i]);
+            }
+            for (unsigned j = 0; j < cb; ++j) {
+                bool found = false;
+                for (unsigned i = 0; i < ca && !found; ++i) found = KeyEqual{}(ea[i].first, eb[j].first);
+                if (!found) v.added(eb[j]);
+            }
+            return;
+        }
+        const entry_type* a_entries = entries(a);
+        const entry_type* b_entries = entries(b);
+        node* const* a_children = children(a);
+        node* const* b_children = children(b);
+        const unsigned next = shift + bits_per_level;
+        auto added = [&v](const entry_type& x) { v.added(x); };
+        auto removed = [&v](const entry_type& x) { v.removed(x); };
+        for (std::uint32_t m = a->datamap | a->nodemap | b->datamap | b->nodemap; m; m &= m - 1) {
+            const std::uint32_t bit = m & (0u - m);
+            const entry_type* ea = (a->datamap & bit) ? a_entries + slot_index(a->datamap, bit) : nullptr;
+            const entry_type* eb = (b->datamap & bit) ? b_entries + slot_index(b->datamap, bit) : nullptr;
+            const node* na = (a->nodemap & bit) ? a_children[slot_index(a->nodemap, bit)] : nullptr;
+            const node* nb = (b->nodemap & bit) ? b_children[slot_index(b->nodemap, bit)] : nullptr;
+            if (ea && eb) {
+                if (entry_matches(*ea, entry_hash(*eb), eb->first)) {
+                    diff_values(*ea, *eb, v);
+                } else {
+                    v.removed(*ea);
+                    v.added(*eb);
+                }
+            } else if (ea && nb) {
+                diff_entry_subtree(*ea, nb, next, true, v);
+            } else if (na && eb) {
+                diff_entry_subtree(*eb, na, next, false, v);
+            } else if (na && nb) {
+                diff(na, nb, next, v);
+            } else if (ea) {
+                v.removed(*ea);
+            } else if (eb) {
+                v.added(*eb);
+            } else if (na) {
+                for_each_entry(na, removed);
+            } else {
+                for_each_entry(nb, added);
+            }
+        }
+    }
+
     // ---- equality -----------------------------------------------------------------------
 
     // Both subtrees sit at the same level; thanks to the canonical form, equal key sets have

@@ -130,6 +130,23 @@ public:
     }
     bool operator!=(const persistent_map& other) const { return !(*this == other); }
 
+    // What changed from this map to `newer`: visitor.removed(entry) for each key only this map
+    // has, visitor.added(entry) for each key only `newer` has, visitor.changed(old entry, new
+    // entry) for each key whose values are neither the same (Policy::same_value) nor equal
+    // (ValueEqual). Entries have .first and .second. Subtrees the two maps share are skipped:
+    // versions that differ in k keys cost about k log n, whatever their size.
+    template <class Visitor>
+    void diff(const persistent_map& newer, Visitor&& visitor) const {
+        if (root_ == newer.root_) return;
+        if (!root_) {
+            trie::for_each_entry(newer.root_, [&visitor](const value_type& e) { visitor.added(e); });
+        } else if (!newer.root_) {
+            trie::for_each_entry(root_, [&visitor](const value_type& e) { visitor.removed(e); });
+        } else {
+            trie::diff(root_, newer.root_, 0, visitor);
+        }
+    }
+
     // Whether both maps are the very same version (same root), in O(1).
     bool identical(const persistent_map& other) const noexcept { return root_ == other.root_; }
 

@@ -455,6 +455,20 @@ public:
         return algebra::disjoint(root(), other.root(), 0);
     }
 
+    // What changed from this set to `newer`: visitor.removed(entry) for each key only this set
+    // has, visitor.added(entry) for each key only `newer` has (entries have .first, the key).
+    // Shared subtrees are skipped: versions that differ in k keys cost about k log n.
+    template <class Visitor>
+    void diff(const persistent_set& newer, Visitor&& visitor) const {
+        struct keys_only {
+            Visitor& v;
+            void added(const value_type& e) { v.added(e); }
+            void removed(const value_type& e) { v.removed(e); }
+            void changed(const value_type&, const value_type&) noexcept {}  // sets have no values
+        } adapter{visitor};
+        map_.diff(newer.map_, adapter);
+    }
+
     // The same keys. Subtrees shared by pointer are not visited.
     bool operator==(const persistent_set& other) const { return map_ == other.map_; }
     bool operator!=(const persistent_set& other) const { return !(map_ == other.map_); }
