@@ -35,6 +35,31 @@
 // before anything is allocated; new nodes are built on the way back up, each one completely
 // before it is linked, and a node owned by a transient is dismantled only after its replacement
 // is fully built.
+//
+// Index: each operation, and the functions that implement it (here unless a file is named).
+//
+//   lookup               find (from a root, using the root's maps copied into the map),
+//                        find_from (from any level); persistent_map::find / find_hashed
+//   insert or assign     assoc (descent, then rebuild of the path: make_single, make_two for two
+//                        keys whose fragments first differ below, replace_slot, install_child,
+//                        with_value, rebuild_collision); persistent_map::set, transient_map::set
+//   erase                dissoc (pair_survivor decides whether a child collapses into its one
+//                        remaining entry: the canonical form); persistent_map::erase
+//   merge (union)        merge: both tries in lockstep, one side's subtrees reused whole
+//   set algebra          persistent_set.hpp: set_algebra::walk / walk_collision (union,
+//                        intersection, difference, symmetric difference), subset, disjoint
+//   equality             equal: lockstep, shared subtrees skipped
+//   diff                 diff, diff_entry_subtree, diff_values, for_each_entry;
+//                        persistent_map::diff, persistent_set::diff
+//   iteration            iterator.hpp: champ_iterator (a stack of max_depth positions)
+//   size of a subtree    count
+//   node memory          builder (fills a new node, children then entries), node_guard,
+//                        retain / release / destroy / free_shell, node_bytes (layout)
+//   transients           transient_map.hpp: an owner token per transient; assoc and dissoc
+//                        edit nodes that carry it in place (owned_by); persistent() takes a
+//                        new token, which freezes every node in O(1)
+//   hashing              hash_key, entry_hash (cached in the entry when Policy::cache_hash),
+//                        entry_matches (hash first, then KeyEqual)
 #pragma once
 
 #include <cassert>
