@@ -98,7 +98,7 @@ PyObject* atom_deref(PyObject* self, PyObject*) { return current(self); }
 PyObject* atom_value(PyObject* self, void*) { return current(self); }
 
 PyObject* atom_reset(PyObject* self, PyObject* desired) {
-    if (!require_persistent(desired, "reset()'s argument")) return nullptr;
+    if (!require_persistent(desired, "Atom.reset()'s argument")) return nullptr;
     return guarded([&]() -> PyObject* {
         auto old = as_atom(self)->cell->exchange(object_ref(desired));
         return Py_XNewRef(old->get() ? old->get() : Py_None);
@@ -106,13 +106,10 @@ PyObject* atom_reset(PyObject* self, PyObject* desired) {
 }
 
 PyObject* atom_compare_and_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "compare_and_set() takes exactly 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs != 2) return argument_count_error("Atom.compare_and_set", "exactly 2 arguments", nargs);
     PyObject* expected = args[0];
     PyObject* desired = args[1];
-    if (!require_persistent(desired, "compare_and_set()'s new value")) return nullptr;
+    if (!require_persistent(desired, "Atom.compare_and_set()'s new value")) return nullptr;
     return guarded([&]() -> PyObject* {
         object_cell* cell = as_atom(self)->cell;
         while (true) {
@@ -126,10 +123,7 @@ PyObject* atom_compare_and_set(PyObject* self, PyObject* const* args, Py_ssize_t
 // swap(fn, *args, **kwargs): fn(current, *args, **kwargs) until the result is published.
 PyObject* atom_swap(PyObject* self, PyObject* args, PyObject* kwargs) {
     const Py_ssize_t nargs = PyTuple_GET_SIZE(args);
-    if (nargs < 1) {
-        PyErr_SetString(PyExc_TypeError, "swap() needs a function");
-        return nullptr;
-    }
+    if (nargs < 1) return argument_count_error("Atom.swap", "at least 1 positional argument", nargs);
     PyObject* fn = PyTuple_GET_ITEM(args, 0);
     PyObject* call_args = PyTuple_New(nargs);  // (current, *args[1:])
     if (!call_args) return nullptr;
@@ -147,7 +141,7 @@ PyObject* atom_swap(PyObject* self, PyObject* args, PyObject* kwargs) {
             Py_XDECREF(previous);
             PyObject* next = PyObject_Call(fn, call_args, kwargs);
             if (!next) return nullptr;
-            if (!require_persistent(next, "the value swap()'s function returned")) {
+            if (!require_persistent(next, "the value Atom.swap()'s function returned")) {
                 Py_DECREF(next);
                 return nullptr;
             }
@@ -193,16 +187,17 @@ void atom_dealloc(PyObject* self) {
 }
 
 PyMethodDef atom_methods[] = {
-    {"deref", atom_deref, METH_NOARGS, "deref() -> the current value; never waits."},
-    {"reset", atom_reset, METH_O, "reset(new) -> the value it replaced\n\nStores new."},
-    {"compare_and_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(atom_compare_and_set)),
-     METH_FASTCALL,
-     "compare_and_set(expected, new) -> bool\n\nStores new only if the current value is expected (identity)."},
-    {"swap", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(atom_swap)), METH_VARARGS | METH_KEYWORDS,
-     "swap(fn, *args, **kwargs) -> the new value\n\n"
-     "Stores fn(current, *args, **kwargs) and returns it. When another thread stores first, fn is\n"
-     "called again with the newer value, so fn may run several times: it must not have side effects."},
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+    {"deref", atom_deref, METH_NOARGS, "deref($self, /)\n--\n\nThe current value; never waits."},
+    {"reset", atom_reset, METH_O, "reset($self, new, /)\n--\n\nStores new; returns the value it replaced."},
+    {"compare_and_set", as_method(atom_compare_and_set), METH_FASTCALL,
+     "compare_and_set($self, expected, new, /)\n--\n\n"
+     "Stores new only if the current value is expected (identity); returns whether it did."},
+    {"swap", as_method(atom_swap), METH_VARARGS | METH_KEYWORDS,
+     "swap($self, fn, /, *args, **kwargs)\n--\n\n"
+     "Stores fn(current, *args, **kwargs) and returns it.\n\n"
+     "When another thread stores first, fn is called again with the newer value, so fn may run\n"
+     "several times: it must not have side effects."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -216,8 +211,11 @@ PyMemberDef atom_members[] = {
     {nullptr, 0, 0, 0, nullptr},
 };
 
+// The text signature shows *args: Atom() holds a new empty PersistentMap, a default no
+// expression inspect.signature reads can stand for. What Atom() takes is the line after it.
 const char atom_doc[] =
-    "Atom(initial=PersistentMap())\n\n"
+    "Atom(*args, **kwargs)\n--\n\n"
+    "A lock-free cell holding a persistent structure: Atom(initial=PersistentMap()).\n\n"
     "A cell holding a PersistentMap, PersistentSet or PersistentList that any number of threads\n"
     "read and update without locks: deref() never waits, and updates are compare-and-set\n"
     "(swap() retries with the newer value).";

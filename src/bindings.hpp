@@ -181,6 +181,68 @@ inline Py_hash_t key_hash(PyObject* key) {
     return PyObject_Hash(key);
 }
 
+// ---- result codes ------------------------------------------------------------------------------
+
+// A yes/no answer that may also fail with a Python error set: CPython's -1/0/1 int results
+// (PyObject_RichCompareBool, PySequence_Contains...) as a type. Slots whose int results CPython
+// defines (sq_contains...) keep their int.
+enum class truth : int { error = -1, no = 0, yes = 1 };
+inline truth truth_of(int r) noexcept { return r < 0 ? truth::error : r == 0 ? truth::no : truth::yes; }
+inline truth truth_of_bool(bool b) noexcept { return b ? truth::yes : truth::no; }
+// Py_True / Py_False for yes / no, nullptr (the error is set) for error.
+inline PyObject* bool_or_null(truth t) {
+    if (t == truth::error) return nullptr;
+    return PyBool_FromLong(t == truth::yes);
+}
+
+// What removing an element from a transient did.
+enum class removal : int { error = -1, absent = 0, removed = 1 };
+
+// The value of a structure's hash cache until the hash is computed.
+inline constexpr Py_hash_t hash_not_computed = -1;
+
+// ---- method tables and their errors -----------------------------------------------------------
+
+using fastcall_method = PyObject* (*)(PyObject*, PyObject* const*, Py_ssize_t);
+using keywords_method = PyObject* (*)(PyObject*, PyObject*, PyObject*);
+inline PyCFunction as_method(fastcall_method f) noexcept {
+    return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(f));
+}
+inline PyCFunction as_method(keywords_method f) noexcept {
+    return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(f));
+}
+
+// Aliases (set/assoc, merge/update...) share one implementation, which takes the qualified name
+// of the method called ("PersistentMap.set") for its error messages, as CPython names it in its
+// own (METH_O and METH_NOARGS errors, keyword arguments refused). Each table entry is a
+// captureless lambda passing its own name to the implementation: a direct call the compiler
+// inlines, with no dispatcher or lookup on the way.
+#define PP_NAMED_FASTCALL(impl, name)                                                               \
+    ::pypersistent::python::as_method(+[](PyObject* self_, PyObject* const* args_, Py_ssize_t nargs_) \
+                                          -> PyObject* { return impl(self_, args_, nargs_, name); })
+#define PP_NAMED_KEYWORDS(impl, name)                                                           \
+    ::pypersistent::python::as_method(+[](PyObject* self_, PyObject* args_, PyObject* kwargs_) \
+                                          -> PyObject* { return impl(self_, args_, kwargs_, name); })
+
+// "PersistentMap.set() takes exactly 2 arguments (1 given)": `method` is the qualified name of
+// the method called, `takes` what it takes. Returns nullptr.
+inline PyObject* argument_count_error(const char* method, const char* takes, Py_ssize_t given) {
+    PyErr_Format(PyExc_TypeError, "%s() takes %s (%zd given)", method, takes, given);
+    return nullptr;
+}
+
+// The docstrings every type's methods share (Argument Clinic's text-signature form, which gives
+// inspect.signature).
+inline constexpr const char* class_getitem_doc =
+    "__class_getitem__($type, item, /)\n--\n\n"
+    "The type parameterised for annotations, such as PersistentMap[str, int] (see PEP 585).";
+inline constexpr const char* sizeof_doc =
+    "__sizeof__($self, /)\n--\n\n"
+    "The size of the object in bytes, without the nodes it shares with other versions.";
+inline constexpr const char* length_hint_doc =
+    "__length_hint__($self, /)\n--\n\n"
+    "The number of items left (an estimate for len(list(it))).";
+
 // Runs `body`, turning the C++ exceptions that may cross the trie back into Python errors.
 template <class F>
 PyObject* guarded(F&& body) {

@@ -75,11 +75,12 @@ void iterator_dealloc(PyObject* self) {
 }
 
 PyMethodDef iterator_methods[] = {
-    {"__length_hint__", iterator_length_hint, METH_NOARGS, nullptr},
+    {"__length_hint__", iterator_length_hint, METH_NOARGS, length_hint_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyType_Slot iterator_slots[] = {
+    {Py_tp_doc, const_cast<char*>("An iterator over the keys, values or items of a PersistentMap or TransientMap.")},
     {Py_tp_dealloc, reinterpret_cast<void*>(iterator_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(iterator_traverse)},
     {Py_tp_iter, reinterpret_cast<void*>(PyObject_SelfIter)},
@@ -170,18 +171,18 @@ PyObject* view_isdisjoint(PyObject* self, PyObject* other) {
     Py_RETURN_TRUE;
 }
 
-// 1 if every element of `a` is in `b`, 0 if not, -1 on error.
-int all_contained_in(PyObject* a, PyObject* b) {
+// Whether every element of `a` is in `b`.
+truth all_contained_in(PyObject* a, PyObject* b) {
     PyObject* it = PyObject_GetIter(a);
-    if (!it) return -1;
-    int ok = 1;
-    while (ok == 1) {
+    if (!it) return truth::error;
+    truth ok = truth::yes;
+    while (ok == truth::yes) {
         PyObject* item = PyIter_Next(it);
         if (!item) {
-            if (PyErr_Occurred()) ok = -1;
+            if (PyErr_Occurred()) ok = truth::error;
             break;
         }
-        ok = PySequence_Contains(b, item);
+        ok = truth_of(PySequence_Contains(b, item));
         Py_DECREF(item);
     }
     Py_DECREF(it);
@@ -195,30 +196,29 @@ PyObject* view_richcompare(PyObject* self, PyObject* other, int op) {
     const Py_ssize_t mine = PyObject_Size(self);
     const Py_ssize_t theirs = PyObject_Size(other);
     if (mine < 0 || theirs < 0) return nullptr;
-    int result = 0;
+    truth result = truth::no;
     switch (op) {
         case Py_EQ:
         case Py_NE:
-            result = mine == theirs ? all_contained_in(self, other) : 0;
-            if (result >= 0 && op == Py_NE) result = !result;
+            result = mine == theirs ? all_contained_in(self, other) : truth::no;
+            if (result != truth::error && op == Py_NE) result = result == truth::yes ? truth::no : truth::yes;
             break;
         case Py_LT:
-            result = mine < theirs ? all_contained_in(self, other) : 0;
+            result = mine < theirs ? all_contained_in(self, other) : truth::no;
             break;
         case Py_LE:
-            result = mine <= theirs ? all_contained_in(self, other) : 0;
+            result = mine <= theirs ? all_contained_in(self, other) : truth::no;
             break;
         case Py_GT:
-            result = mine > theirs ? all_contained_in(other, self) : 0;
+            result = mine > theirs ? all_contained_in(other, self) : truth::no;
             break;
         case Py_GE:
-            result = mine >= theirs ? all_contained_in(other, self) : 0;
+            result = mine >= theirs ? all_contained_in(other, self) : truth::no;
             break;
         default:
             Py_RETURN_NOTIMPLEMENTED;
     }
-    if (result < 0) return nullptr;
-    return PyBool_FromLong(result);
+    return bool_or_null(result);
 }
 
 PyObject* view_repr(PyObject* self) {
@@ -244,7 +244,8 @@ int view_traverse(PyObject* self, visitproc visit, void* arg) {
 }
 
 PyMethodDef set_view_methods[] = {
-    {"isdisjoint", view_isdisjoint, METH_O, "Whether the view and the iterable share no element."},
+    {"isdisjoint", view_isdisjoint, METH_O,
+     "isdisjoint($self, other, /)\n--\n\nWhether the view and the iterable other have no element in common."},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -254,8 +255,12 @@ PyGetSetDef view_getset[] = {
 };
 
 // Keys and items views are set-like and differ only in membership.
-template <int (*Contains)(PyObject*, PyObject*)>
+constexpr char keys_doc[] = "A set-like view of a PersistentMap's keys (what keys() returns).";
+constexpr char items_doc[] = "A set-like view of a PersistentMap's (key, value) pairs (what items() returns).";
+
+template <int (*Contains)(PyObject*, PyObject*), const char* Doc>
 PyType_Slot set_view_slots[] = {
+    {Py_tp_doc, const_cast<char*>(Doc)},
     {Py_tp_dealloc, reinterpret_cast<void*>(view_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(view_traverse)},
     {Py_tp_iter, reinterpret_cast<void*>(view_iter)},
@@ -273,6 +278,7 @@ PyType_Slot set_view_slots[] = {
 };
 
 PyType_Slot values_slots[] = {
+    {Py_tp_doc, const_cast<char*>("A view of a PersistentMap's values (what values() returns).")},
     {Py_tp_dealloc, reinterpret_cast<void*>(view_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(view_traverse)},
     {Py_tp_iter, reinterpret_cast<void*>(view_iter)},
@@ -318,10 +324,10 @@ PyObject* make_view(PyTypeObject* type, MapObject* map) {
 PyType_Spec iterator_spec = {"pypersistent.PersistentMapIterator", static_cast<int>(sizeof(IteratorObject)), 0,
                              view_flags, iterator_slots};
 PyType_Spec keys_spec = {"pypersistent.PersistentMapKeys", static_cast<int>(sizeof(ViewObject)), 0, view_flags,
-                         set_view_slots<keys_contains>};
+                         set_view_slots<keys_contains, keys_doc>};
 PyType_Spec values_spec = {"pypersistent.PersistentMapValues", static_cast<int>(sizeof(ViewObject)), 0, view_flags,
                            values_slots};
 PyType_Spec items_spec = {"pypersistent.PersistentMapItems", static_cast<int>(sizeof(ViewObject)), 0, view_flags,
-                          set_view_slots<items_contains>};
+                          set_view_slots<items_contains, items_doc>};
 
 }  // namespace pypersistent::python

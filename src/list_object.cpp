@@ -48,7 +48,7 @@ PyObject* new_list(PyTypeObject* type, module_state* state, object_vector&& vec)
     ListObject* l = PyObject_GC_New(ListObject, type);
     if (!l) return nullptr;
     new (&l->vec) object_vector(std::move(vec));
-    new (&l->hash) std::atomic<Py_hash_t>(-1);
+    new (&l->hash) std::atomic<Py_hash_t>(hash_not_computed);
     l->weakreflist = nullptr;
     l->state = state;
     PyObject_GC_Track(l);
@@ -280,7 +280,7 @@ PyObject* list_iter(PyObject* self) { return make_list_iterator(self, false); }
 Py_hash_t list_hash(PyObject* self) {
     ListObject* l = as_list(self);
     const Py_hash_t cached = l->hash.load(std::memory_order_relaxed);
-    if (cached != -1) return cached;
+    if (cached != hash_not_computed) return cached;
     // Lists nested arbitrarily deep: RecursionError, not a C stack overflow.
     if (Py_EnterRecursiveCall(" while hashing a PersistentList")) return -1;
     constexpr std::uint64_t prime1 = 11400714785074694791ULL;
@@ -424,11 +424,9 @@ PyObject* list_extend(PyObject* self, PyObject* source) {
     });
 }
 
-PyObject* list_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "assoc() takes exactly 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+// assoc() and set(); `name` is the one called, for errors (PP_NAMED_FASTCALL).
+PyObject* list_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs, const char* name) {
+    if (nargs != 2) return argument_count_error(name, "exactly 2 arguments", nargs);
     Py_ssize_t i;
     if (!index_value(args[0], &i)) return nullptr;
     const object_vector& v = as_list(self)->vec;
@@ -443,10 +441,7 @@ PyObject* list_nth(PyObject* self, PyObject* index) {
 }
 
 PyObject* list_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs < 1 || nargs > 2) return argument_count_error("PersistentList.get", "1 or 2 arguments", nargs);
     Py_ssize_t i;
     if (!index_value(args[0], &i)) {
         if (!PyErr_ExceptionMatches(PyExc_IndexError)) return nullptr;
@@ -465,10 +460,7 @@ PyObject* list_pop(PyObject* self, PyObject*) {
 }
 
 PyObject* list_slice_method(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "slice() takes at most 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs > 2) return argument_count_error("PersistentList.slice", "at most 2 arguments", nargs);
     PyObject* slice = PySlice_New(nargs > 0 ? args[0] : Py_None, nargs > 1 ? args[1] : Py_None, nullptr);
     if (!slice) return nullptr;
     PyObject* result = list_slice(self, slice);
@@ -491,10 +483,7 @@ bool bound_arg(PyObject* o, Py_ssize_t* out) {
 }
 
 PyObject* list_index(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "index expected 1 to 3 arguments, got %zd", nargs);
-        return nullptr;
-    }
+    if (nargs < 1 || nargs > 3) return argument_count_error("PersistentList.index", "from 1 to 3 arguments", nargs);
     const object_vector& v = as_list(self)->vec;
     const auto n = static_cast<Py_ssize_t>(v.size());
     Py_ssize_t start = 0, stop = PY_SSIZE_T_MAX;
@@ -579,32 +568,44 @@ PyObject* list_from_iterable(PyObject* cls, PyObject* source) {
 #define PP_FASTCALL(f) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(f))
 
 PyMethodDef list_methods[] = {
-    {"conj", list_conj, METH_O, "conj(x) -> PersistentList\n\nA new list with x appended."},
-    {"append", list_conj, METH_O, "append(x) -> PersistentList\n\nSame as conj(): a new list with x appended."},
-    {"extend", list_extend, METH_O, "extend(iterable) -> PersistentList\n\nA new list with the items of iterable appended."},
-    {"assoc", PP_FASTCALL(list_assoc), METH_FASTCALL,
-     "assoc(index, x) -> PersistentList\n\nA new list with element index (negative counts from the end) set to x."},
-    {"set", PP_FASTCALL(list_assoc), METH_FASTCALL, "set(index, x) -> PersistentList\n\nSame as assoc()."},
-    {"nth", list_nth, METH_O, "nth(index)\n\nElement index; IndexError if out of range."},
-    {"get", PP_FASTCALL(list_get), METH_FASTCALL, "get(index, default=None)\n\nElement index, or default if out of range."},
-    {"pop", list_pop, METH_NOARGS, "pop() -> PersistentList\n\nA new list without the last element; IndexError if empty."},
+    {"conj", list_conj, METH_O, "conj($self, value, /)\n--\n\nA new list with value appended."},
+    {"append", list_conj, METH_O, "append($self, value, /)\n--\n\nA new list with value appended (same as conj())."},
+    {"extend", list_extend, METH_O,
+     "extend($self, values, /)\n--\n\nA new list with the items of the iterable values appended."},
+    {"assoc", PP_NAMED_FASTCALL(list_assoc, "PersistentList.assoc"), METH_FASTCALL,
+     "assoc($self, index, value, /)\n--\n\n"
+     "A new list with element index (negative counts from the end) set to value."},
+    {"set", PP_NAMED_FASTCALL(list_assoc, "PersistentList.set"), METH_FASTCALL,
+     "set($self, index, value, /)\n--\n\nA new list with element index set to value (same as assoc())."},
+    {"nth", list_nth, METH_O, "nth($self, index, /)\n--\n\nElement index (negative counts from the end); IndexError if out of range."},
+    {"get", PP_FASTCALL(list_get), METH_FASTCALL,
+     "get($self, index, default=None, /)\n--\n\nElement index, or default if index is out of range."},
+    {"pop", list_pop, METH_NOARGS, "pop($self, /)\n--\n\nA new list without the last element; IndexError if empty."},
     {"slice", PP_FASTCALL(list_slice_method), METH_FASTCALL,
-     "slice(start=None, stop=None) -> PersistentList\n\nSame as self[start:stop]."},
-    {"list", list_to_list, METH_NOARGS, "list() -> list\n\nThe elements as a Python list."},
+     "slice($self, start=None, stop=None, /)\n--\n\nThe elements from start to stop, as a new list (same as self[start:stop])."},
+    {"list", list_to_list, METH_NOARGS, "list($self, /)\n--\n\nThe elements as a Python list."},
     {"index", PP_FASTCALL(list_index), METH_FASTCALL,
-     "index(value, start=0, stop=sys.maxsize) -> int\n\nThe first index of value; ValueError if absent."},
-    {"count", list_count, METH_O, "count(value) -> int\n\nThe number of occurrences of value."},
-    {"__reversed__", list_reversed, METH_NOARGS, nullptr},
+     "index($self, value, start=0, stop=sys.maxsize, /)\n--\n\n"
+     "The first index of value (between start and stop); ValueError if absent."},
+    {"count", list_count, METH_O, "count($self, value, /)\n--\n\nThe number of occurrences of value."},
+    {"__reversed__", list_reversed, METH_NOARGS,
+     "__reversed__($self, /)\n--\n\nAn iterator over the elements from the last to the first."},
     {"transient", list_transient, METH_NOARGS,
-     "transient() -> TransientList\n\nA mutable builder starting from this list; persistent() freezes it in O(1)."},
-    {"__copy__", list_copy, METH_NOARGS, nullptr},
-    {"__deepcopy__", list_deepcopy, METH_O, nullptr},
-    {"__reduce__", list_reduce, METH_NOARGS, nullptr},
-    {"__sizeof__", object_sizeof, METH_NOARGS, nullptr},
-    {"create", list_create, METH_VARARGS | METH_CLASS, "create(*items) -> PersistentList"},
-    {"from_list", list_from_iterable, METH_O | METH_CLASS, "from_list(items) -> PersistentList"},
-    {"from_iterable", list_from_iterable, METH_O | METH_CLASS, "from_iterable(iterable) -> PersistentList"},
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+     "transient($self, /)\n--\n\n"
+     "A TransientList (a mutable builder) starting from this list; its persistent() freezes it in O(1)."},
+    {"__copy__", list_copy, METH_NOARGS, "__copy__($self, /)\n--\n\nThis list itself: it is immutable."},
+    {"__deepcopy__", list_deepcopy, METH_O,
+     "__deepcopy__($self, memo, /)\n--\n\nA list of deep copies of the elements."},
+    {"__reduce__", list_reduce, METH_NOARGS,
+     "__reduce__($self, /)\n--\n\nPickling support: the list is rebuilt from its elements."},
+    {"__sizeof__", object_sizeof, METH_NOARGS, sizeof_doc},
+    {"create", list_create, METH_VARARGS | METH_CLASS,
+     "create($type, /, *items)\n--\n\nA list of the arguments, in order."},
+    {"from_list", list_from_iterable, METH_O | METH_CLASS,
+     "from_list($type, items, /)\n--\n\nA list of the items of an iterable (same as from_iterable())."},
+    {"from_iterable", list_from_iterable, METH_O | METH_CLASS,
+     "from_iterable($type, items, /)\n--\n\nA list of the items of an iterable."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -614,8 +615,9 @@ PyMemberDef list_members[] = {
 };
 
 const char list_doc[] =
-    "PersistentList(iterable=(), /)\n\n"
-    "An immutable sequence (a 32-way bit-partitioned vector trie with a tail). Every update returns\n"
+    "PersistentList(iterable=(), /)\n--\n\n"
+    "An immutable sequence (a 32-way bit-partitioned vector trie with a tail).\n\n"
+    "Every update returns\n"
     "a new list that shares all untouched structure with the old one; lists may be shared between\n"
     "threads freely. Compares and hashes like a tuple: == only with another PersistentList, and\n"
     "hash(PersistentList(x)) == hash(tuple(x)).";
@@ -693,11 +695,12 @@ void list_iterator_dealloc(PyObject* self) {
 }
 
 PyMethodDef list_iterator_methods[] = {
-    {"__length_hint__", list_iterator_length_hint, METH_NOARGS, nullptr},
+    {"__length_hint__", list_iterator_length_hint, METH_NOARGS, length_hint_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyType_Slot list_iterator_slots[] = {
+    {Py_tp_doc, const_cast<char*>("An iterator over a PersistentList or TransientList, forward or reversed.")},
     {Py_tp_dealloc, reinterpret_cast<void*>(list_iterator_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(list_iterator_traverse)},
     {Py_tp_iter, reinterpret_cast<void*>(PyObject_SelfIter)},
@@ -831,7 +834,8 @@ PyObject* tlist_persistent(PyObject* self, PyObject*) {
 
 PyObject* tlist_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
-PyObject* tlist_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
+PyObject* tlist_exit(PyObject* self, PyObject* const*, Py_ssize_t nargs) {
+    if (nargs != 3) return argument_count_error("TransientList.__exit__", "exactly 3 arguments", nargs);
     return exit_transient<TransientListObject>(self, "TransientList",
                                                [&](object_vector_transient& t) { return tlist_freeze(as_tlist(self), t); });
 }
@@ -859,14 +863,21 @@ PyObject* tlist_new(PyTypeObject*, PyObject*, PyObject*) {
 }
 
 PyMethodDef tlist_methods[] = {
-    {"append", tlist_append, METH_O, "append(x) -> None: appends x in place."},
-    {"extend", tlist_extend, METH_O, "extend(iterable) -> None: appends the items in place."},
-    {"pop", tlist_pop, METH_NOARGS, "pop() -> the last element, removed in place; IndexError if empty."},
+    {"append", tlist_append, METH_O, "append($self, value, /)\n--\n\nAppends value in place."},
+    {"extend", tlist_extend, METH_O, "extend($self, values, /)\n--\n\nAppends the items of the iterable values in place."},
+    {"pop", tlist_pop, METH_NOARGS,
+     "pop($self, /)\n--\n\nRemoves the last element in place and returns it; IndexError if empty."},
     {"persistent", tlist_persistent, METH_NOARGS,
-     "persistent() -> PersistentList\n\nFreezes the contents in O(1) and finishes the transient (so does the end of its with-block): edits raise RuntimeError afterwards, and persistent() returns the same PersistentList again."},
-    {"__enter__", tlist_enter, METH_NOARGS, nullptr},
-    {"__exit__", PP_FASTCALL(tlist_exit), METH_FASTCALL, nullptr},
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+     "persistent($self, /)\n--\n\n"
+     "Freezes the contents into a PersistentList in O(1) and finishes the transient.\n\n"
+     "So does the end of its with-block: edits raise RuntimeError afterwards, and persistent()\n"
+     "returns the same PersistentList again."},
+    {"__enter__", tlist_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nThis transient; the end of the with-block finishes it as persistent() does."},
+    {"__exit__", PP_FASTCALL(tlist_exit), METH_FASTCALL,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
+     "Finishes the transient as persistent() does; returns False (an exception propagates)."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -876,7 +887,9 @@ PyMemberDef tlist_members[] = {
 };
 
 PyType_Slot tlist_slots[] = {
-    {Py_tp_doc, const_cast<char*>("A mutable builder made by PersistentList.transient().")},
+    {Py_tp_doc, const_cast<char*>("TransientList()\n--\n\n"
+                                  "A mutable builder made by PersistentList.transient(), not called directly.\n\n"
+                                  "Appends, pops and item assignment in place; persistent() freezes the contents in O(1).")},
     {Py_tp_new, reinterpret_cast<void*>(tlist_new)},
     {Py_tp_dealloc, reinterpret_cast<void*>(tlist_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(tlist_traverse)},

@@ -83,7 +83,7 @@ PyObject* map_iter(PyObject* self) { return make_iterator(as_map(self)->state, a
 Py_hash_t map_hash(PyObject* self) {
     MapObject* m = as_map(self);
     const Py_hash_t cached = m->hash.load(std::memory_order_relaxed);
-    if (cached != -1) return cached;
+    if (cached != hash_not_computed) return cached;
     // Values may be maps nested arbitrarily deep: RecursionError, not a C stack overflow.
     if (Py_EnterRecursiveCall(" while hashing a PersistentMap")) return -1;
     std::uint64_t acc = 0x345678u + m->map.size() * 0x9E3779B97F4A7C15ull;
@@ -106,19 +106,29 @@ Py_hash_t map_hash(PyObject* self) {
     return result;
 }
 
-// 1 equal, 0 not equal, -1 error, -2 not comparable.
-int map_equals(MapObject* a, PyObject* other) {
+// What comparing a map with another object found.
+enum class equality : int {
+    error = -1,          // a Python error is set
+    unequal = 0,
+    equal = 1,
+    not_comparable = -2, // not a mapping: NotImplemented
+};
+
+// CPython's -1/0/1 result (PyObject_RichCompareBool, PyDict_GetItemRef) as an equality.
+equality equality_of(int r) noexcept { return r < 0 ? equality::error : r == 0 ? equality::unequal : equality::equal; }
+
+equality map_equals(MapObject* a, PyObject* other) {
     if (is_map(other)) {
         try {
-            return a->map == as_map(other)->map;
+            return a->map == as_map(other)->map ? equality::equal : equality::unequal;
         } catch (const python_error&) {
-            return -1;
+            return equality::error;
         }
     }
-    if (!is_mapping(other)) return -2;
+    if (!is_mapping(other)) return equality::not_comparable;
     const Py_ssize_t other_len = PyObject_Size(other);
-    if (other_len < 0) return -1;
-    if (static_cast<std::size_t>(other_len) != a->map.size()) return 0;
+    if (other_len < 0) return equality::error;
+    if (static_cast<std::size_t>(other_len) != a->map.size()) return equality::unequal;
     const bool exact_dict = PyDict_CheckExact(other);
     for (const auto& e : a->map) {
         PyObject* theirs;
@@ -126,10 +136,10 @@ int map_equals(MapObject* a, PyObject* other) {
 #if PY_VERSION_HEX >= 0x030D0000
             // A strong reference taken atomically: another thread may replace the value.
             const int found = PyDict_GetItemRef(other, e.first, &theirs);
-            if (found <= 0) return found;
+            if (found <= 0) return equality_of(found);
 #else
             theirs = PyDict_GetItemWithError(other, e.first);
-            if (!theirs) return PyErr_Occurred() ? -1 : 0;
+            if (!theirs) return PyErr_Occurred() ? equality::error : equality::unequal;
             Py_INCREF(theirs);
 #endif
         } else {
@@ -137,24 +147,24 @@ int map_equals(MapObject* a, PyObject* other) {
             if (!theirs) {
                 if (PyErr_ExceptionMatches(PyExc_KeyError)) {
                     PyErr_Clear();
-                    return 0;
+                    return equality::unequal;
                 }
-                return -1;
+                return equality::error;
             }
         }
         const int same = PyObject_RichCompareBool(e.second, theirs, Py_EQ);
         Py_DECREF(theirs);
-        if (same <= 0) return same;
+        if (same <= 0) return equality_of(same);
     }
-    return 1;
+    return equality::equal;
 }
 
 PyObject* map_richcompare(PyObject* self, PyObject* other, int op) {
     if (op != Py_EQ && op != Py_NE) Py_RETURN_NOTIMPLEMENTED;
-    const int eq = map_equals(as_map(self), other);
-    if (eq == -1) return nullptr;
-    if (eq == -2) Py_RETURN_NOTIMPLEMENTED;
-    return PyBool_FromLong((op == Py_EQ) == (eq == 1));
+    const equality eq = map_equals(as_map(self), other);
+    if (eq == equality::error) return nullptr;
+    if (eq == equality::not_comparable) Py_RETURN_NOTIMPLEMENTED;
+    return PyBool_FromLong((op == Py_EQ) == (eq == equality::equal));
 }
 
 PyObject* map_repr(PyObject* self) {
@@ -207,11 +217,9 @@ PyObject* map_or(PyObject* left, PyObject* right) {
 
 // ---- methods -------------------------------------------------------------------------------
 
-PyObject* map_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "assoc() takes exactly 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+// assoc() and set(); `name` is the one called, for errors (PP_NAMED_FASTCALL).
+PyObject* map_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs, const char* name) {
+    if (nargs != 2) return argument_count_error(name, "exactly 2 arguments", nargs);
     const Py_hash_t h = key_hash(args[0]);
     if (h == -1) return nullptr;
     return guarded([&] { return map_or_self(self, as_map(self)->map.set_hashed(args[0], args[1], to_trie_hash(h))); });
@@ -224,10 +232,7 @@ PyObject* map_dissoc(PyObject* self, PyObject* key) {
 }
 
 PyObject* map_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs < 1 || nargs > 2) return argument_count_error("PersistentMap.get", "1 or 2 arguments", nargs);
     const Py_hash_t h = key_hash(args[0]);
     if (h == -1) return nullptr;
     return guarded([&]() -> PyObject* {
@@ -243,9 +248,11 @@ PyObject* map_contains_method(PyObject* self, PyObject* key) {
     return PyBool_FromLong(r);
 }
 
-PyObject* map_update(PyObject* self, PyObject* args, PyObject* kwargs) {
-    PyObject* source = nullptr;
-    if (!PyArg_UnpackTuple(args, "update", 0, 1, &source)) return nullptr;
+// update() and merge(); `name` is the one called, for errors (PP_NAMED_KEYWORDS).
+PyObject* map_update(PyObject* self, PyObject* args, PyObject* kwargs, const char* name) {
+    const Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > 1) return argument_count_error(name, "at most 1 argument", nargs);
+    PyObject* source = nargs == 1 ? PyTuple_GET_ITEM(args, 0) : nullptr;
     MapObject* m = as_map(self);
     const bool no_kwargs = !kwargs || PyDict_GET_SIZE(kwargs) == 0;
     if (no_kwargs && source && is_map(source)) {
@@ -320,7 +327,7 @@ PyObject* map_transient(PyObject* self, PyObject*) {
 
 PyObject* map_create(PyObject* cls, PyObject* args, PyObject* kwargs) {
     if (PyTuple_GET_SIZE(args) != 0) {
-        PyErr_SetString(PyExc_TypeError, "create() takes keyword arguments only");
+        PyErr_SetString(PyExc_TypeError, "PersistentMap.create() takes keyword arguments only");
         return nullptr;
     }
     return build_map(reinterpret_cast<PyTypeObject*>(cls), nullptr, kwargs);
@@ -331,10 +338,7 @@ PyObject* map_from_dict(PyObject* cls, PyObject* source) {
 }
 
 PyObject* map_fromkeys(PyObject* cls, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "fromkeys() takes 1 or 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs < 1 || nargs > 2) return argument_count_error("PersistentMap.fromkeys", "1 or 2 arguments", nargs);
     PyTypeObject* type = reinterpret_cast<PyTypeObject*>(cls);
     module_state* state = state_of_type(type);
     if (!state) return nullptr;
@@ -365,39 +369,50 @@ PyObject* map_fromkeys(PyObject* cls, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 PyMethodDef map_methods[] = {
-    {"assoc", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_assoc)), METH_FASTCALL,
-     "assoc(key, value) -> PersistentMap\n\nA new map with key set to value."},
-    {"set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_assoc)), METH_FASTCALL,
-     "set(key, value) -> PersistentMap\n\nSame as assoc()."},
-    {"dissoc", map_dissoc, METH_O, "dissoc(key) -> PersistentMap\n\nA new map without key (this map if key is absent)."},
-    {"delete", map_dissoc, METH_O, "delete(key) -> PersistentMap\n\nSame as dissoc()."},
-    {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_get)), METH_FASTCALL,
-     "get(key, default=None)"},
-    {"contains", map_contains_method, METH_O, "contains(key) -> bool"},
-    {"update", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_update)), METH_VARARGS | METH_KEYWORDS,
-     "update(other=(), /, **kw) -> PersistentMap\n\nA new map with the items of other (what dict.update accepts) added."},
-    {"merge", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_update)), METH_VARARGS | METH_KEYWORDS,
-     "merge(other=(), /, **kw) -> PersistentMap\n\nSame as update()."},
-    {"clear", map_clear, METH_NOARGS, "clear() -> PersistentMap\n\nAn empty map."},
-    {"copy", map_copy, METH_NOARGS, "copy() -> PersistentMap\n\nThis map itself: it is immutable."},
-    {"__copy__", map_copy, METH_NOARGS, nullptr},
-    {"__deepcopy__", map_deepcopy, METH_O, nullptr},
-    {"__reduce__", map_reduce, METH_NOARGS, nullptr},
-    {"__sizeof__", object_sizeof, METH_NOARGS, nullptr},
-    {"items_list", map_items_list, METH_NOARGS, "items_list() -> list of (key, value) pairs, in iteration order."},
-    {"keys_list", map_keys_list, METH_NOARGS, "keys_list() -> list of the keys, in iteration order."},
-    {"values_list", map_values_list, METH_NOARGS, "values_list() -> list of the values, in iteration order."},
-    {"keys", map_keys, METH_NOARGS, "A view of the keys."},
-    {"values", map_values, METH_NOARGS, "A view of the values."},
-    {"items", map_items, METH_NOARGS, "A view of the (key, value) pairs."},
+    {"assoc", PP_NAMED_FASTCALL(map_assoc, "PersistentMap.assoc"), METH_FASTCALL,
+     "assoc($self, key, value, /)\n--\n\nA new map with key set to value."},
+    {"set", PP_NAMED_FASTCALL(map_assoc, "PersistentMap.set"), METH_FASTCALL,
+     "set($self, key, value, /)\n--\n\nA new map with key set to value (same as assoc())."},
+    {"dissoc", map_dissoc, METH_O,
+     "dissoc($self, key, /)\n--\n\nA new map without key (this map if key is absent)."},
+    {"delete", map_dissoc, METH_O,
+     "delete($self, key, /)\n--\n\nA new map without key (same as dissoc())."},
+    {"get", as_method(map_get), METH_FASTCALL,
+     "get($self, key, default=None, /)\n--\n\nThe value for key if key is in the map, else default."},
+    {"contains", map_contains_method, METH_O,
+     "contains($self, key, /)\n--\n\nWhether key is in the map (same as key in self)."},
+    {"update", PP_NAMED_KEYWORDS(map_update, "PersistentMap.update"), METH_VARARGS | METH_KEYWORDS,
+     "update($self, other=(), /, **kwargs)\n--\n\n"
+     "A new map with the items of other (what dict.update accepts) and kwargs added."},
+    {"merge", PP_NAMED_KEYWORDS(map_update, "PersistentMap.merge"), METH_VARARGS | METH_KEYWORDS,
+     "merge($self, other=(), /, **kwargs)\n--\n\n"
+     "A new map with the items of other and kwargs added (same as update())."},
+    {"clear", map_clear, METH_NOARGS, "clear($self, /)\n--\n\nAn empty map."},
+    {"copy", map_copy, METH_NOARGS, "copy($self, /)\n--\n\nThis map itself: it is immutable."},
+    {"__copy__", map_copy, METH_NOARGS, "__copy__($self, /)\n--\n\nThis map itself: it is immutable."},
+    {"__deepcopy__", map_deepcopy, METH_O,
+     "__deepcopy__($self, memo, /)\n--\n\nA map of deep copies of the keys and values."},
+    {"__reduce__", map_reduce, METH_NOARGS,
+     "__reduce__($self, /)\n--\n\nPickling support: the map is rebuilt from its (key, value) pairs."},
+    {"__sizeof__", object_sizeof, METH_NOARGS, sizeof_doc},
+    {"items_list", map_items_list, METH_NOARGS,
+     "items_list($self, /)\n--\n\nA list of the (key, value) pairs, in iteration order."},
+    {"keys_list", map_keys_list, METH_NOARGS, "keys_list($self, /)\n--\n\nA list of the keys, in iteration order."},
+    {"values_list", map_values_list, METH_NOARGS,
+     "values_list($self, /)\n--\n\nA list of the values, in iteration order."},
+    {"keys", map_keys, METH_NOARGS, "keys($self, /)\n--\n\nA set-like view of the keys."},
+    {"values", map_values, METH_NOARGS, "values($self, /)\n--\n\nA view of the values."},
+    {"items", map_items, METH_NOARGS, "items($self, /)\n--\n\nA set-like view of the (key, value) pairs."},
     {"transient", map_transient, METH_NOARGS,
-     "transient() -> TransientMap\n\nA mutable builder starting from this map; persistent() freezes it in O(1)."},
-    {"create", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_create)),
-     METH_VARARGS | METH_KEYWORDS | METH_CLASS, "create(**kw) -> PersistentMap"},
-    {"from_dict", map_from_dict, METH_O | METH_CLASS, "from_dict(mapping) -> PersistentMap"},
-    {"fromkeys", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(map_fromkeys)), METH_FASTCALL | METH_CLASS,
-     "fromkeys(iterable, value=None) -> PersistentMap"},
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+     "transient($self, /)\n--\n\n"
+     "A TransientMap (a mutable builder) starting from this map; its persistent() freezes it in O(1)."},
+    {"create", as_method(map_create), METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "create($type, /, **kwargs)\n--\n\nA map of the keyword arguments."},
+    {"from_dict", map_from_dict, METH_O | METH_CLASS,
+     "from_dict($type, mapping, /)\n--\n\nA map of the items of mapping (or of an iterable of pairs)."},
+    {"fromkeys", as_method(map_fromkeys), METH_FASTCALL | METH_CLASS,
+     "fromkeys($type, iterable, value=None, /)\n--\n\nA map with the keys of iterable, each set to value."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -407,9 +422,10 @@ PyMemberDef map_members[] = {
 };
 
 const char map_doc[] =
-    "PersistentMap(mapping_or_pairs=(), /, **kw)\n\n"
-    "An immutable hash map (a hash array mapped trie). Every update returns a new map that\n"
-    "shares all untouched structure with the old one; maps may be shared between threads freely.\n"
+    "PersistentMap(mapping_or_pairs=(), /, **kwargs)\n--\n\n"
+    "An immutable hash map (a hash array mapped trie).\n\n"
+    "Made from a mapping or an iterable of (key, value) pairs and keyword arguments, as dict is.\n"
+    "Every update returns a new map that shares all untouched structure with the old one; maps may be shared between threads freely.\n"
     "Iteration follows the trie's order, which depends only on the keys' hashes: equal maps\n"
     "iterate in the same order however they were built (keys whose whole hashes are equal keep\n"
     "the order in which they were added).";
@@ -567,7 +583,7 @@ PyObject* new_map(PyTypeObject* type, module_state* state, object_map&& map) {
     auto* m = reinterpret_cast<MapObject*>(type->tp_alloc(type, 0));
     if (!m) return nullptr;
     new (&m->map) object_map(std::move(map));
-    new (&m->hash) std::atomic<Py_hash_t>(-1);
+    new (&m->hash) std::atomic<Py_hash_t>(hash_not_computed);
     m->weakreflist = nullptr;
     m->state = state;
     return reinterpret_cast<PyObject*>(m);

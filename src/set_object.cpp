@@ -56,7 +56,7 @@ PyObject* new_set(PyTypeObject* type, module_state* state, object_set&& set) {
     auto* s = reinterpret_cast<SetObject*>(type->tp_alloc(type, 0));
     if (!s) return nullptr;
     new (&s->set) object_set(std::move(set));
-    new (&s->hash) std::atomic<Py_hash_t>(-1);
+    new (&s->hash) std::atomic<Py_hash_t>(hash_not_computed);
     s->weakreflist = nullptr;
     s->state = state;
     return reinterpret_cast<PyObject*>(s);
@@ -78,11 +78,10 @@ bool add_key(object_set_transient& t, PyObject* key) {
     return true;
 }
 
-// 1 removed, 0 absent, -1 error
-int discard_key(object_set_transient& t, PyObject* key) {
+removal discard_key(object_set_transient& t, PyObject* key) {
     const Py_hash_t h = key_hash(key);
-    if (h == -1) return -1;
-    return t.erase_hashed(key, to_trie_hash(h)) ? 1 : 0;
+    if (h == -1) return removal::error;
+    return t.erase_hashed(key, to_trie_hash(h)) ? removal::removed : removal::absent;
 }
 
 // Calls each(item) for every item of `iterable` (a new reference each time, released after);
@@ -148,25 +147,25 @@ bool to_object_set(PyObject* iterable, object_set& out) {
     return true;
 }
 
-// 1 contained, 0 not, -1 error
-int set_has(const object_set& set, PyObject* key) {
+// Whether `set` contains `key`.
+truth set_has(const object_set& set, PyObject* key) {
     const Py_hash_t h = key_hash(key);
-    if (h == -1) return -1;
-    return set.contains_hashed(key, to_trie_hash(h)) ? 1 : 0;
+    if (h == -1) return truth::error;
+    return truth_of_bool(set.contains_hashed(key, to_trie_hash(h)));
 }
 
 // Whether operators take `o` as a set: frozenset's rule (set, frozenset, dict key views, and
-// anything registered as collections.abc.Set). -1 on error.
-int is_set_like(PyObject* o) {
-    if (is_pset(o) || PyAnySet_Check(o) || PyDictViewSet_Check(o)) return 1;
+// anything registered as collections.abc.Set).
+truth is_set_like(PyObject* o) {
+    if (is_pset(o) || PyAnySet_Check(o) || PyDictViewSet_Check(o)) return truth::yes;
     PyObject* abc = PyImport_ImportModule("collections.abc");
-    if (!abc) return -1;
+    if (!abc) return truth::error;
     PyObject* set_abc = PyObject_GetAttrString(abc, "Set");
     Py_DECREF(abc);
-    if (!set_abc) return -1;
+    if (!set_abc) return truth::error;
     const int r = PyObject_IsInstance(o, set_abc);
     Py_DECREF(set_abc);
-    return r;
+    return truth_of(r);
 }
 
 // ---- construction -----------------------------------------------------------------------------
@@ -205,7 +204,7 @@ Py_ssize_t set_length(PyObject* self) { return static_cast<Py_ssize_t>(as_set(se
 
 int set_contains(PyObject* self, PyObject* key) {
     try {
-        return set_has(as_set(self)->set, key);
+        return static_cast<int>(set_has(as_set(self)->set, key));
     } catch (const python_error&) {
         return -1;
     }
@@ -224,7 +223,7 @@ PyObject* set_iter(PyObject* self) { return make_set_iterator(as_set(self)->stat
 Py_hash_t set_hash(PyObject* self) {
     SetObject* s = as_set(self);
     const Py_hash_t cached = s->hash.load(std::memory_order_relaxed);
-    if (cached != -1) return cached;
+    if (cached != hash_not_computed) return cached;
     auto shuffle = [](Py_uhash_t h) -> Py_uhash_t { return ((h ^ 89869747UL) ^ (h << 16)) * 3644798167UL; };
     Py_uhash_t hash = 0;
     for (const auto& e : s->set) hash ^= shuffle(static_cast<Py_uhash_t>(e.hash));
@@ -237,31 +236,36 @@ Py_hash_t set_hash(PyObject* self) {
     return result;
 }
 
-// 1 if every element of `a` (an iterable) is in `b` (anything with __contains__), 0 if not.
-int all_in(PyObject* a, PyObject* b) {
-    int result = 1;
+// Whether every element of `a` (an iterable) is in `b` (anything with __contains__).
+truth all_in(PyObject* a, PyObject* b) {
+    truth result = truth::yes;
     const bool ok = for_each_item(a, [&](PyObject* item) {
         const int r = PySequence_Contains(b, item);
         if (r < 0) return false;
         if (r == 0) {
-            result = 0;
+            result = truth::no;
             return false;
         }
         return true;
     });
-    if (!ok && PyErr_Occurred()) return -1;
+    if (!ok && PyErr_Occurred()) return truth::error;
     return result;
+}
+
+// not t (error stays error).
+truth negated(truth t) noexcept {
+    return t == truth::yes ? truth::no : t == truth::no ? truth::yes : truth::error;
 }
 
 // Comparisons as frozenset's: == and the subset orders, with any collections.abc.Set.
 PyObject* set_richcompare(PyObject* self, PyObject* other, int op) {
-    const int set_like = is_set_like(other);
-    if (set_like < 0) return nullptr;
-    if (!set_like) Py_RETURN_NOTIMPLEMENTED;
+    const truth set_like = is_set_like(other);
+    if (set_like == truth::error) return nullptr;
+    if (set_like == truth::no) Py_RETURN_NOTIMPLEMENTED;
     const object_set& mine = as_set(self)->set;
-    int result = 0;
     if (is_pset(other)) {
         const object_set& theirs = as_set(other)->set;
+        bool result = false;
         try {
             switch (op) {
                 case Py_EQ: result = mine == theirs; break;
@@ -282,20 +286,17 @@ PyObject* set_richcompare(PyObject* self, PyObject* other, int op) {
     const auto n = static_cast<Py_ssize_t>(mine.size());
     const Py_ssize_t m = PyObject_Size(other);
     if (m < 0) return nullptr;
+    truth result = truth::no;
     switch (op) {
-        case Py_EQ:
-        case Py_NE:
-            result = n == m ? all_in(self, other) : 0;
-            if (result >= 0 && op == Py_NE) result = !result;
-            break;
-        case Py_LE: result = n <= m ? all_in(self, other) : 0; break;
-        case Py_LT: result = n < m ? all_in(self, other) : 0; break;
-        case Py_GE: result = n >= m ? all_in(other, self) : 0; break;
-        case Py_GT: result = n > m ? all_in(other, self) : 0; break;
+        case Py_EQ: result = n == m ? all_in(self, other) : truth::no; break;
+        case Py_NE: result = negated(n == m ? all_in(self, other) : truth::no); break;
+        case Py_LE: result = n <= m ? all_in(self, other) : truth::no; break;
+        case Py_LT: result = n < m ? all_in(self, other) : truth::no; break;
+        case Py_GE: result = n >= m ? all_in(other, self) : truth::no; break;
+        case Py_GT: result = n > m ? all_in(other, self) : truth::no; break;
         default: Py_RETURN_NOTIMPLEMENTED;
     }
-    if (result < 0) return nullptr;
-    return PyBool_FromLong(result);
+    return bool_or_null(result);
 }
 
 PyObject* set_repr(PyObject* self) {
@@ -349,7 +350,7 @@ bool apply(object_set& acc, algebra op, PyObject* other) {
         }
         case algebra::difference: {
             object_set_transient t = acc.transient();
-            if (!for_each_item(other, [&](PyObject* key) { return discard_key(t, key) >= 0; })) return false;
+            if (!for_each_item(other, [&](PyObject* key) { return discard_key(t, key) != removal::error; })) return false;
             acc = t.persistent();
             return true;
         }
@@ -408,9 +409,9 @@ PyObject* set_operator(PyObject* left, PyObject* right, algebra op) {
     const bool self_left = is_pset(left);
     PyObject* self = self_left ? left : right;
     PyObject* other = self_left ? right : left;
-    const int set_like = is_set_like(other);
-    if (set_like < 0) return nullptr;
-    if (!set_like) Py_RETURN_NOTIMPLEMENTED;
+    const truth set_like = is_set_like(other);
+    if (set_like == truth::error) return nullptr;
+    if (set_like == truth::no) Py_RETURN_NOTIMPLEMENTED;
     if (self_left || op != algebra::difference) return algebra_method(self, &other, 1, op);
     // other - self: the items of other that self lacks.
     return guarded([&]() -> PyObject* {
@@ -435,12 +436,11 @@ PyObject* set_xor(PyObject* a, PyObject* b) { return set_operator(a, b, algebra:
 
 PyObject* set_issubset(PyObject* self, PyObject* other) {
     return guarded([&]() -> PyObject* {
-        if (is_set_like(other) == 1 && !is_pset(other)) {  // membership in place, no copy
+        if (is_set_like(other) == truth::yes && !is_pset(other)) {  // membership in place, no copy
             const Py_ssize_t m = PyObject_Size(other);
             if (m < 0) return nullptr;
             if (static_cast<std::size_t>(m) < as_set(self)->set.size()) Py_RETURN_FALSE;
-            const int r = all_in(self, other);
-            return r < 0 ? nullptr : PyBool_FromLong(r);
+            return bool_or_null(all_in(self, other));
         }
         if (PyErr_Occurred()) return nullptr;
         object_set theirs;
@@ -452,8 +452,7 @@ PyObject* set_issubset(PyObject* self, PyObject* other) {
 PyObject* set_issuperset(PyObject* self, PyObject* other) {
     return guarded([&]() -> PyObject* {
         if (is_pset(other)) return PyBool_FromLong(as_set(other)->set.is_subset_of(as_set(self)->set));
-        const int r = all_in(other, self);
-        return r < 0 ? nullptr : PyBool_FromLong(r);
+        return bool_or_null(all_in(other, self));
     });
 }
 
@@ -463,9 +462,9 @@ PyObject* set_isdisjoint(PyObject* self, PyObject* other) {
         if (is_pset(other)) return PyBool_FromLong(mine.is_disjoint_from(as_set(other)->set));
         bool disjoint = true;
         const bool ok = for_each_item(other, [&](PyObject* key) {
-            const int r = set_has(mine, key);
-            if (r < 0) return false;
-            if (r > 0) {
+            const truth r = set_has(mine, key);
+            if (r == truth::error) return false;
+            if (r == truth::yes) {
                 disjoint = false;
                 return false;
             }
@@ -541,37 +540,50 @@ constexpr PyCFunction fastcall() {
 }
 
 PyMethodDef set_methods[] = {
-    {"add", set_add, METH_O, "add(x) -> PersistentSet\n\nA new set with x added (this set if x is in it)."},
-    {"conj", set_add, METH_O, "conj(x) -> PersistentSet\n\nSame as add()."},
-    {"discard", set_discard, METH_O, "discard(x) -> PersistentSet\n\nA new set without x (this set if x is absent)."},
-    {"disj", set_discard, METH_O, "disj(x) -> PersistentSet\n\nSame as discard()."},
+    {"add", set_add, METH_O, "add($self, x, /)\n--\n\nA new set with x added (this set if x is in it)."},
+    {"conj", set_add, METH_O, "conj($self, x, /)\n--\n\nA new set with x added (same as add())."},
+    {"discard", set_discard, METH_O, "discard($self, x, /)\n--\n\nA new set without x (this set if x is absent)."},
+    {"disj", set_discard, METH_O, "disj($self, x, /)\n--\n\nA new set without x (same as discard())."},
     {"remove", set_discard, METH_O,
-     "remove(x) -> PersistentSet\n\nSame as discard(): as in pypersistent 2.0, an absent x is not an error."},
-    {"contains", set_contains_method, METH_O, "contains(x) -> bool"},
-    {"union", fastcall<set_union_method>(), METH_FASTCALL, "union(*iterables) -> PersistentSet"},
+     "remove($self, x, /)\n--\n\n"
+     "A new set without x (same as discard(): as in pypersistent 2.0, an absent x is not an error)."},
+    {"contains", set_contains_method, METH_O, "contains($self, x, /)\n--\n\nWhether x is in the set (same as x in self)."},
+    {"union", fastcall<set_union_method>(), METH_FASTCALL,
+     "union($self, /, *iterables)\n--\n\nA new set with the elements of this set and of every iterable."},
     {"update", fastcall<set_union_method>(), METH_FASTCALL,
-     "update(*iterables) -> PersistentSet\n\nSame as union(): a new set, this one is unchanged."},
-    {"intersection", fastcall<set_intersection_method>(), METH_FASTCALL, "intersection(*iterables) -> PersistentSet"},
-    {"difference", fastcall<set_difference_method>(), METH_FASTCALL, "difference(*iterables) -> PersistentSet"},
+     "update($self, /, *iterables)\n--\n\nA new set with the elements of every iterable added (same as union())."},
+    {"intersection", fastcall<set_intersection_method>(), METH_FASTCALL,
+     "intersection($self, /, *iterables)\n--\n\nA new set with the elements common to this set and every iterable."},
+    {"difference", fastcall<set_difference_method>(), METH_FASTCALL,
+     "difference($self, /, *iterables)\n--\n\nA new set with the elements of this set that no iterable has."},
     {"symmetric_difference", set_symmetric_difference_method, METH_O,
-     "symmetric_difference(iterable) -> PersistentSet"},
-    {"issubset", set_issubset, METH_O, "issubset(iterable) -> bool"},
-    {"issuperset", set_issuperset, METH_O, "issuperset(iterable) -> bool"},
-    {"isdisjoint", set_isdisjoint, METH_O, "isdisjoint(iterable) -> bool"},
-    {"clear", set_clear, METH_NOARGS, "clear() -> PersistentSet\n\nAn empty set."},
-    {"copy", set_copy, METH_NOARGS, "copy() -> PersistentSet\n\nThis set itself: it is immutable."},
-    {"list", set_list, METH_NOARGS, "list() -> list of the elements, in iteration order."},
-    {"__copy__", set_copy, METH_NOARGS, nullptr},
-    {"__deepcopy__", set_deepcopy, METH_O, nullptr},
-    {"__reduce__", set_reduce, METH_NOARGS, nullptr},
-    {"__sizeof__", object_sizeof, METH_NOARGS, nullptr},
+     "symmetric_difference($self, iterable, /)\n--\n\nA new set with the elements in exactly one of this set and iterable."},
+    {"issubset", set_issubset, METH_O,
+     "issubset($self, iterable, /)\n--\n\nWhether every element of this set is in iterable."},
+    {"issuperset", set_issuperset, METH_O,
+     "issuperset($self, iterable, /)\n--\n\nWhether every element of iterable is in this set."},
+    {"isdisjoint", set_isdisjoint, METH_O,
+     "isdisjoint($self, iterable, /)\n--\n\nWhether this set and iterable have no element in common."},
+    {"clear", set_clear, METH_NOARGS, "clear($self, /)\n--\n\nAn empty set."},
+    {"copy", set_copy, METH_NOARGS, "copy($self, /)\n--\n\nThis set itself: it is immutable."},
+    {"list", set_list, METH_NOARGS, "list($self, /)\n--\n\nA list of the elements, in iteration order."},
+    {"__copy__", set_copy, METH_NOARGS, "__copy__($self, /)\n--\n\nThis set itself: it is immutable."},
+    {"__deepcopy__", set_deepcopy, METH_O,
+     "__deepcopy__($self, memo, /)\n--\n\nA set of deep copies of the elements."},
+    {"__reduce__", set_reduce, METH_NOARGS,
+     "__reduce__($self, /)\n--\n\nPickling support: the set is rebuilt from its elements."},
+    {"__sizeof__", object_sizeof, METH_NOARGS, sizeof_doc},
     {"transient", set_transient, METH_NOARGS,
-     "transient() -> TransientSet\n\nA mutable builder starting from this set; persistent() freezes it in O(1)."},
-    {"create", set_create, METH_VARARGS | METH_CLASS, "create(*elements) -> PersistentSet"},
-    {"from_iterable", set_from_iterable, METH_O | METH_CLASS, "from_iterable(iterable) -> PersistentSet"},
-    {"from_list", set_from_iterable, METH_O | METH_CLASS, "from_list(iterable) -> PersistentSet"},
-    {"from_set", set_from_iterable, METH_O | METH_CLASS, "from_set(iterable) -> PersistentSet"},
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+     "transient($self, /)\n--\n\n"
+     "A TransientSet (a mutable builder) starting from this set; its persistent() freezes it in O(1)."},
+    {"create", set_create, METH_VARARGS | METH_CLASS, "create($type, /, *elements)\n--\n\nA set of the arguments."},
+    {"from_iterable", set_from_iterable, METH_O | METH_CLASS,
+     "from_iterable($type, iterable, /)\n--\n\nA set of the elements of iterable."},
+    {"from_list", set_from_iterable, METH_O | METH_CLASS,
+     "from_list($type, iterable, /)\n--\n\nA set of the elements of iterable (same as from_iterable())."},
+    {"from_set", set_from_iterable, METH_O | METH_CLASS,
+     "from_set($type, iterable, /)\n--\n\nA set of the elements of iterable (same as from_iterable())."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -581,8 +593,9 @@ PyMemberDef set_members[] = {
 };
 
 const char set_doc[] =
-    "PersistentSet(iterable=(), /)\n\n"
-    "An immutable hash set (a hash array mapped trie) with frozenset's API. Every update returns\n"
+    "PersistentSet(iterable=(), /)\n--\n\n"
+    "An immutable hash set (a hash array mapped trie) with frozenset's API.\n\n"
+    "Every update returns\n"
     "a new set that shares all untouched structure with the old one; sets may be shared between\n"
     "threads freely. Set algebra between PersistentSets skips the structure both share.";
 
@@ -659,15 +672,15 @@ PyObject* tset_add(PyObject* self, PyObject* key) {
 
 PyObject* tset_discard(PyObject* self, PyObject* key) {
     return locked<PyObject*>(
-        self, nullptr, [&](object_set_transient& t) { return discard_key(t, key) >= 0 ? Py_NewRef(self) : nullptr; });
+        self, nullptr, [&](object_set_transient& t) { return discard_key(t, key) != removal::error ? Py_NewRef(self) : nullptr; });
 }
 
 // As set.remove: KeyError for an absent element.
 PyObject* tset_remove(PyObject* self, PyObject* key) {
     return locked<PyObject*>(self, nullptr, [&](object_set_transient& t) -> PyObject* {
-        const int removed = discard_key(t, key);
-        if (removed == 0) set_key_error(key);
-        return removed == 1 ? Py_NewRef(self) : nullptr;
+        const removal removed = discard_key(t, key);
+        if (removed == removal::absent) set_key_error(key);
+        return removed == removal::removed ? Py_NewRef(self) : nullptr;
     });
 }
 
@@ -700,7 +713,8 @@ PyObject* tset_persistent(PyObject* self, PyObject*) {
 
 PyObject* tset_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
-PyObject* tset_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
+PyObject* tset_exit(PyObject* self, PyObject* const*, Py_ssize_t nargs) {
+    if (nargs != 3) return argument_count_error("TransientSet.__exit__", "exactly 3 arguments", nargs);
     return exit_transient<TransientSetObject>(self, "TransientSet", [&](object_set_transient& t) { return tset_freeze(as_tset(self), t); });
 }
 
@@ -723,18 +737,28 @@ PyObject* tset_new(PyTypeObject*, PyObject*, PyObject*) {
 }
 
 PyMethodDef tset_methods[] = {
-    {"add", tset_add, METH_O, "add(x) -> self: adds x in place."},
-    {"conj", tset_add, METH_O, "conj(x) -> self: same as add()."},
-    {"discard", tset_discard, METH_O, "discard(x) -> self: removes x in place if present."},
-    {"disj", tset_discard, METH_O, "disj(x) -> self: same as discard()."},
-    {"remove", tset_remove, METH_O, "remove(x) -> self: removes x in place; KeyError if absent."},
-    {"contains", tset_contains_method, METH_O, "contains(x) -> bool"},
-    {"update", fastcall<tset_update>(), METH_FASTCALL, "update(*iterables) -> self: adds their elements in place."},
+    {"add", tset_add, METH_O, "add($self, x, /)\n--\n\nAdds x in place; returns this transient."},
+    {"conj", tset_add, METH_O, "conj($self, x, /)\n--\n\nAdds x in place; returns this transient (same as add())."},
+    {"discard", tset_discard, METH_O, "discard($self, x, /)\n--\n\nRemoves x in place if present; returns this transient."},
+    {"disj", tset_discard, METH_O,
+     "disj($self, x, /)\n--\n\nRemoves x in place if present; returns this transient (same as discard())."},
+    {"remove", tset_remove, METH_O,
+     "remove($self, x, /)\n--\n\nRemoves x in place; returns this transient. KeyError if x is absent."},
+    {"contains", tset_contains_method, METH_O,
+     "contains($self, x, /)\n--\n\nWhether x is in the transient (same as x in self)."},
+    {"update", fastcall<tset_update>(), METH_FASTCALL,
+     "update($self, /, *iterables)\n--\n\nAdds the elements of every iterable in place; returns this transient."},
     {"persistent", tset_persistent, METH_NOARGS,
-     "persistent() -> PersistentSet\n\nFreezes the contents in O(1) and finishes the transient (so does the end of its with-block): edits raise RuntimeError afterwards, and persistent() returns the same PersistentSet again."},
-    {"__enter__", tset_enter, METH_NOARGS, nullptr},
-    {"__exit__", fastcall<tset_exit>(), METH_FASTCALL, nullptr},
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+     "persistent($self, /)\n--\n\n"
+     "Freezes the contents into a PersistentSet in O(1) and finishes the transient.\n\n"
+     "So does the end of its with-block: edits raise RuntimeError afterwards, and persistent()\n"
+     "returns the same PersistentSet again."},
+    {"__enter__", tset_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nThis transient; the end of the with-block finishes it as persistent() does."},
+    {"__exit__", fastcall<tset_exit>(), METH_FASTCALL,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
+     "Finishes the transient as persistent() does; returns False (an exception propagates)."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -744,7 +768,9 @@ PyMemberDef tset_members[] = {
 };
 
 PyType_Slot tset_slots[] = {
-    {Py_tp_doc, const_cast<char*>("A mutable builder made by PersistentSet.transient().")},
+    {Py_tp_doc, const_cast<char*>("TransientSet()\n--\n\n"
+                                  "A mutable builder made by PersistentSet.transient(), not called directly.\n\n"
+                                  "Adds and removes elements in place; persistent() freezes the contents in O(1).")},
     {Py_tp_new, reinterpret_cast<void*>(tset_new)},
     {Py_tp_dealloc, reinterpret_cast<void*>(tset_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(tset_traverse)},
@@ -805,11 +831,12 @@ void set_iterator_dealloc(PyObject* self) {
 }
 
 PyMethodDef set_iterator_methods[] = {
-    {"__length_hint__", set_iterator_length_hint, METH_NOARGS, nullptr},
+    {"__length_hint__", set_iterator_length_hint, METH_NOARGS, length_hint_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyType_Slot set_iterator_slots[] = {
+    {Py_tp_doc, const_cast<char*>("An iterator over the elements of a PersistentSet or TransientSet.")},
     {Py_tp_dealloc, reinterpret_cast<void*>(set_iterator_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(set_iterator_traverse)},
     {Py_tp_iter, reinterpret_cast<void*>(PyObject_SelfIter)},

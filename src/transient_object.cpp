@@ -23,11 +23,10 @@ bool set_item(object_transient& t, PyObject* key, PyObject* value) {
     return true;
 }
 
-// 1 removed, 0 absent, -1 error
-int erase_item(object_transient& t, PyObject* key) {
+removal erase_item(object_transient& t, PyObject* key) {
     const Py_hash_t h = key_hash(key);
-    if (h == -1) return -1;
-    return t.erase_hashed(key, to_trie_hash(h)) ? 1 : 0;
+    if (h == -1) return removal::error;
+    return t.erase_hashed(key, to_trie_hash(h)) ? removal::removed : removal::absent;
 }
 
 PyObject* lookup(object_transient& t, PyObject* key, PyObject* fallback) {
@@ -51,9 +50,9 @@ PyObject* transient_subscript(PyObject* self, PyObject* key) {
 int transient_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
     return locked<int>(self, -1, [&](object_transient& t) -> int {
         if (value) return set_item(t, key, value) ? 0 : -1;
-        const int removed = erase_item(t, key);
-        if (removed == 0) set_key_error(key);
-        return removed == 1 ? 0 : -1;
+        const removal removed = erase_item(t, key);
+        if (removed == removal::absent) set_key_error(key);
+        return removed == removal::removed ? 0 : -1;
     });
 }
 
@@ -80,11 +79,9 @@ PyObject* transient_iter(PyObject* self) {
     return it;
 }
 
-PyObject* transient_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "assoc() takes exactly 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+// assoc() and set(); `name` is the one called, for errors (PP_NAMED_FASTCALL).
+PyObject* transient_assoc(PyObject* self, PyObject* const* args, Py_ssize_t nargs, const char* name) {
+    if (nargs != 2) return argument_count_error(name, "exactly 2 arguments", nargs);
     return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
         return set_item(t, args[0], args[1]) ? Py_NewRef(self) : nullptr;
     });
@@ -92,14 +89,11 @@ PyObject* transient_assoc(PyObject* self, PyObject* const* args, Py_ssize_t narg
 
 PyObject* transient_dissoc(PyObject* self, PyObject* key) {
     return locked<PyObject*>(self, nullptr,
-                             [&](object_transient& t) { return erase_item(t, key) >= 0 ? Py_NewRef(self) : nullptr; });
+                             [&](object_transient& t) { return erase_item(t, key) != removal::error ? Py_NewRef(self) : nullptr; });
 }
 
 PyObject* transient_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "get() takes 1 or 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs < 1 || nargs > 2) return argument_count_error("TransientMap.get", "1 or 2 arguments", nargs);
     PyObject* fallback = nargs == 2 ? args[1] : Py_None;
     return locked<PyObject*>(self, nullptr, [&](object_transient& t) { return lookup(t, args[0], fallback); });
 }
@@ -110,8 +104,9 @@ PyObject* transient_contains_method(PyObject* self, PyObject* key) {
 }
 
 PyObject* transient_update(PyObject* self, PyObject* args, PyObject* kwargs) {
-    PyObject* source = nullptr;
-    if (!PyArg_UnpackTuple(args, "update", 0, 1, &source)) return nullptr;
+    const Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs > 1) return argument_count_error("TransientMap.update", "at most 1 argument", nargs);
+    PyObject* source = nargs == 1 ? PyTuple_GET_ITEM(args, 0) : nullptr;
     // A transient source (this one included) is read through a snapshot taken first: it cannot
     // be read while this one is locked, and t.update(t) must work like d.update(d).
     PyObject* frozen = nullptr;
@@ -137,7 +132,8 @@ PyObject* transient_persistent(PyObject* self, PyObject*) {
 PyObject* transient_enter(PyObject* self, PyObject*) { return Py_NewRef(self); }
 
 // Leaving the with-block finishes the transient as persistent() does.
-PyObject* transient_exit(PyObject* self, PyObject* const*, Py_ssize_t) {
+PyObject* transient_exit(PyObject* self, PyObject* const*, Py_ssize_t nargs) {
+    if (nargs != 3) return argument_count_error("TransientMap.__exit__", "exactly 3 arguments", nargs);
     return exit_transient<TransientObject>(self, "TransientMap", [&](object_transient& t) { return freeze(as_transient(self), t); });
 }
 
@@ -146,10 +142,7 @@ PyObject* transient_repr(PyObject* self) { return repr_transient<TransientObject
 // ---- the rest of MutableMapping ----------------------------------------------------------------
 
 PyObject* transient_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "pop() takes 1 or 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs < 1 || nargs > 2) return argument_count_error("TransientMap.pop", "1 or 2 arguments", nargs);
     PyObject* key = args[0];
     PyObject* fallback = nargs == 2 ? args[1] : nullptr;
     return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
@@ -193,10 +186,7 @@ PyObject* transient_popitem(PyObject* self, PyObject*) {
 }
 
 PyObject* transient_setdefault(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs < 1 || nargs > 2) {
-        PyErr_Format(PyExc_TypeError, "setdefault() takes 1 or 2 arguments (%zd given)", nargs);
-        return nullptr;
-    }
+    if (nargs < 1 || nargs > 2) return argument_count_error("TransientMap.setdefault", "1 or 2 arguments", nargs);
     PyObject* key = args[0];
     PyObject* fallback = nargs == 2 ? args[1] : Py_None;
     return locked<PyObject*>(self, nullptr, [&](object_transient& t) -> PyObject* {
@@ -277,33 +267,45 @@ PyObject* transient_new(PyTypeObject*, PyObject*, PyObject*) {
 }
 
 PyMethodDef transient_methods[] = {
-    {"assoc", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_assoc)), METH_FASTCALL,
-     "assoc(key, value) -> self: sets key in place."},
-    {"set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_assoc)), METH_FASTCALL,
-     "set(key, value) -> self: same as assoc()."},
-    {"dissoc", transient_dissoc, METH_O, "dissoc(key) -> self: removes key in place if present."},
-    {"delete", transient_dissoc, METH_O, "delete(key) -> self: same as dissoc()."},
-    {"get", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_get)), METH_FASTCALL,
-     "get(key, default=None)"},
-    {"contains", transient_contains_method, METH_O, "contains(key) -> bool"},
-    {"update", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_update)),
-     METH_VARARGS | METH_KEYWORDS, "update(other=(), /, **kw) -> self: adds items in place."},
+    {"assoc", PP_NAMED_FASTCALL(transient_assoc, "TransientMap.assoc"), METH_FASTCALL,
+     "assoc($self, key, value, /)\n--\n\nSets key to value in place; returns this transient."},
+    {"set", PP_NAMED_FASTCALL(transient_assoc, "TransientMap.set"), METH_FASTCALL,
+     "set($self, key, value, /)\n--\n\nSets key to value in place; returns this transient (same as assoc())."},
+    {"dissoc", transient_dissoc, METH_O,
+     "dissoc($self, key, /)\n--\n\nRemoves key in place if present; returns this transient."},
+    {"delete", transient_dissoc, METH_O,
+     "delete($self, key, /)\n--\n\nRemoves key in place if present; returns this transient (same as dissoc())."},
+    {"get", as_method(transient_get), METH_FASTCALL,
+     "get($self, key, default=None, /)\n--\n\nThe value for key if key is in the transient, else default."},
+    {"contains", transient_contains_method, METH_O,
+     "contains($self, key, /)\n--\n\nWhether key is in the transient (same as key in self)."},
+    {"update", as_method(transient_update), METH_VARARGS | METH_KEYWORDS,
+     "update($self, other=(), /, **kwargs)\n--\n\n"
+     "Adds the items of other (what dict.update accepts) and kwargs in place; returns this transient."},
     {"persistent", transient_persistent, METH_NOARGS,
-     "persistent() -> PersistentMap\n\nFreezes the contents in O(1) and finishes the transient (so does the end of its "
-     "with-block): edits raise RuntimeError afterwards, and persistent() returns the same PersistentMap again."},
-    {"pop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_pop)), METH_FASTCALL,
-     "pop(key[, default]) -> the value of key, removed in place; default, or KeyError, if absent."},
-    {"popitem", transient_popitem, METH_NOARGS, "popitem() -> (key, value), removed in place; KeyError if empty."},
-    {"setdefault", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_setdefault)), METH_FASTCALL,
-     "setdefault(key, default=None) -> the value of key, set to default first if absent."},
-    {"clear", transient_clear_method, METH_NOARGS, "clear() -> None: removes every item in place."},
-    {"copy", transient_copy, METH_NOARGS, "copy() -> TransientMap: a new transient with the same items, O(1)."},
-    {"keys", transient_keys, METH_NOARGS, "keys() -> a live view of the keys."},
-    {"values", transient_values, METH_NOARGS, "values() -> a live view of the values."},
-    {"items", transient_items, METH_NOARGS, "items() -> a live view of the (key, value) pairs."},
-    {"__enter__", transient_enter, METH_NOARGS, nullptr},
-    {"__exit__", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(transient_exit)), METH_FASTCALL, nullptr},
-    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, nullptr},
+     "persistent($self, /)\n--\n\n"
+     "Freezes the contents into a PersistentMap in O(1) and finishes the transient.\n\n"
+     "So does the end of its with-block: edits raise RuntimeError afterwards, and persistent()\n"
+     "returns the same PersistentMap again."},
+    {"pop", as_method(transient_pop), METH_FASTCALL,
+     "pop($self, key, /, *default)\n--\n\n"
+     "Removes key and returns its value; if key is absent, returns default if given, else raises KeyError."},
+    {"popitem", transient_popitem, METH_NOARGS,
+     "popitem($self, /)\n--\n\nRemoves and returns a (key, value) pair; KeyError if the transient is empty."},
+    {"setdefault", as_method(transient_setdefault), METH_FASTCALL,
+     "setdefault($self, key, default=None, /)\n--\n\nThe value of key, after setting it to default if key is absent."},
+    {"clear", transient_clear_method, METH_NOARGS, "clear($self, /)\n--\n\nRemoves every item in place."},
+    {"copy", transient_copy, METH_NOARGS,
+     "copy($self, /)\n--\n\nA new TransientMap with the same items, made in O(1)."},
+    {"keys", transient_keys, METH_NOARGS, "keys($self, /)\n--\n\nA live view of the keys."},
+    {"values", transient_values, METH_NOARGS, "values($self, /)\n--\n\nA live view of the values."},
+    {"items", transient_items, METH_NOARGS, "items($self, /)\n--\n\nA live view of the (key, value) pairs."},
+    {"__enter__", transient_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nThis transient; the end of the with-block finishes it as persistent() does."},
+    {"__exit__", as_method(transient_exit), METH_FASTCALL,
+     "__exit__($self, exc_type, exc, tb, /)\n--\n\n"
+     "Finishes the transient as persistent() does; returns False (an exception propagates)."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -313,7 +315,9 @@ PyMemberDef transient_members[] = {
 };
 
 PyType_Slot transient_slots[] = {
-    {Py_tp_doc, const_cast<char*>("A mutable builder made by PersistentMap.transient().")},
+    {Py_tp_doc, const_cast<char*>("TransientMap()\n--\n\n"
+                                  "A mutable builder made by PersistentMap.transient(), not called directly.\n\n"
+                                  "A MutableMapping whose persistent() freezes the contents into a PersistentMap in O(1).")},
     {Py_tp_new, reinterpret_cast<void*>(transient_new)},
     {Py_tp_dealloc, reinterpret_cast<void*>(transient_dealloc)},
     {Py_tp_traverse, reinterpret_cast<void*>(transient_traverse)},

@@ -87,7 +87,7 @@ def test_deref_takes_no_arguments():
 def test_type_attributes():
     assert Atom.__module__ == "pypersistent"
     assert Atom.__name__ == "Atom"
-    assert Atom.__doc__.startswith("Atom(initial=PersistentMap())")
+    assert Atom.__doc__.startswith("A lock-free cell holding a persistent structure: Atom(initial=PersistentMap()).")
     with pytest.raises(TypeError):
         Atom.extra = 1  # immutable type
     with pytest.raises(TypeError):
@@ -125,7 +125,7 @@ def test_reset_type_error(bad):
     a = Atom(m)
     with pytest.raises(TypeError) as info:
         a.reset(bad)
-    assert str(info.value) == f"reset()'s argument {MUST_BE}, not {_tp_name(bad)}"
+    assert str(info.value) == f"Atom.reset()'s argument {MUST_BE}, not {_tp_name(bad)}"
     assert a.deref() is m  # unchanged
 
 
@@ -212,7 +212,7 @@ def test_compare_and_set_type_error(bad):
     a = Atom(m)
     with pytest.raises(TypeError) as info:
         a.compare_and_set(m, bad)
-    assert str(info.value) == f"compare_and_set()'s new value {MUST_BE}, not {_tp_name(bad)}"
+    assert str(info.value) == f"Atom.compare_and_set()'s new value {MUST_BE}, not {_tp_name(bad)}"
     assert a.deref() is m
     # Checked even when expected is stale.
     with pytest.raises(TypeError):
@@ -223,7 +223,7 @@ def test_compare_and_set_type_error(bad):
 def test_compare_and_set_argument_count(args):
     with pytest.raises(TypeError) as info:
         Atom().compare_and_set(*args)
-    assert str(info.value) == f"compare_and_set() takes exactly 2 arguments ({len(args)} given)"
+    assert str(info.value) == f"Atom.compare_and_set() takes exactly 2 arguments ({len(args)} given)"
 
 
 def test_compare_and_set_rejects_keywords():
@@ -288,9 +288,9 @@ def test_swap_returning_the_same_map_succeeds():
 
 def test_swap_needs_a_function():
     a = Atom()
-    with pytest.raises(TypeError, match=r"^swap\(\) needs a function$"):
+    with pytest.raises(TypeError, match=r"^Atom\.swap\(\) takes at least 1 positional argument \(0 given\)$"):
         a.swap()
-    with pytest.raises(TypeError, match=r"^swap\(\) needs a function$"):
+    with pytest.raises(TypeError, match=r"^Atom\.swap\(\) takes at least 1 positional argument \(0 given\)$"):
         a.swap(fn=lambda m: m)
 
 
@@ -315,7 +315,7 @@ def test_swap_fn_must_return_a_persistent_map(bad):
     with pytest.raises(TypeError) as info:
         a.swap(fn)
     assert str(info.value) == (
-        f"the value swap()'s function returned {MUST_BE}, not {_tp_name(bad)}"
+        f"the value Atom.swap()'s function returned {MUST_BE}, not {_tp_name(bad)}"
     )
     assert len(calls) == 1  # no retry after an error
     assert a.deref() is m
