@@ -41,10 +41,16 @@ private:
 
 using object_cell = pypersistent::shared_cell<object_ref>;
 
+// Watchers: a tuple of callables (or null for none), replaced whole by watch()/unwatch() in a
+// critical section on the atom and read the same way (a strong reference taken inside), so a
+// change notifies exactly the watchers registered when it is notified, and no thread sees a
+// half-updated list. Each successful change calls every watcher once, on the thread that made
+// the change, after the change is visible; changes by several threads notify in no set order.
 struct AtomObject {
     PyObject_HEAD
     object_cell* cell;  // holds a PersistentMap, or nothing once the collector cleared the atom
     PyObject* weakreflist;
+    PyObject* watchers;
 };
 
 AtomObject* as_atom(PyObject* o) { return reinterpret_cast<AtomObject*>(o); }
@@ -55,6 +61,55 @@ bool require_persistent(PyObject* o, const char* what) {
     if (is_map(o) || is_set(o) || is_persistent_list(o)) return true;
     PyErr_Format(PyExc_TypeError, "%s must be a PersistentMap, PersistentSet or PersistentList, not %.200s", what,
                  Py_TYPE(o)->tp_name);
+    return false;
+}
+
+// A new reference to the watcher tuple, or null if there are none.
+PyObject* watchers_of(PyObject* self) {
+    PyObject* w;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    w = Py_XNewRef(as_atom(self)->watchers);
+    Py_END_CRITICAL_SECTION();
+    return w;
+}
+
+// The pending exception, taken out of the thread state (and put back), as one object.
+struct saved_error {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject* exc = nullptr;
+    void take() noexcept { exc = PyErr_GetRaisedException(); }
+    void restore() noexcept { PyErr_SetRaisedException(exc); }
+    bool empty() const noexcept { return exc == nullptr; }
+#else
+    PyObject* type = nullptr;
+    PyObject* value = nullptr;
+    PyObject* tb = nullptr;
+    void take() noexcept { PyErr_Fetch(&type, &value, &tb); }
+    void restore() noexcept { PyErr_Restore(type, value, tb); }
+    bool empty() const noexcept { return type == nullptr; }
+#endif
+};
+
+// Calls fn(old, new) for every watcher. All of them run even if one raises; the first
+// exception is then raised (the change itself stands), later ones are reported as unraisable.
+bool notify_watchers(PyObject* self, PyObject* old_value, PyObject* new_value) {
+    PyObject* watchers = watchers_of(self);
+    if (!watchers) return true;
+    saved_error first_error;
+    for (Py_ssize_t i = 0, n = PyTuple_GET_SIZE(watchers); i < n; ++i) {
+        PyObject* result = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(watchers, i), old_value ? old_value : Py_None,
+                                                        new_value, nullptr);
+        if (result) {
+            Py_DECREF(result);
+        } else if (first_error.empty()) {
+            first_error.take();
+        } else {
+            PyErr_WriteUnraisable(PyTuple_GET_ITEM(watchers, i));
+        }
+    }
+    Py_DECREF(watchers);
+    if (first_error.empty()) return true;
+    first_error.restore();
     return false;
 }
 
@@ -88,6 +143,7 @@ PyObject* atom_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
         }
         atom->cell = cell;
         atom->weakreflist = nullptr;
+        atom->watchers = nullptr;
         return reinterpret_cast<PyObject*>(atom);
     });
     Py_XDECREF(owned_initial);
@@ -101,6 +157,7 @@ PyObject* atom_reset(PyObject* self, PyObject* desired) {
     if (!require_persistent(desired, "Atom.reset()'s argument")) return nullptr;
     return guarded([&]() -> PyObject* {
         auto old = as_atom(self)->cell->exchange(object_ref(desired));
+        if (!notify_watchers(self, old->get(), desired)) return nullptr;
         return Py_XNewRef(old->get() ? old->get() : Py_None);
     });
 }
@@ -115,7 +172,10 @@ PyObject* atom_compare_and_set(PyObject* self, PyObject* const* args, Py_ssize_t
         while (true) {
             auto now = cell->load();
             if (now->get() != expected) Py_RETURN_FALSE;
-            if (cell->compare_exchange(now, object_ref(desired))) Py_RETURN_TRUE;
+            if (cell->compare_exchange(now, object_ref(desired))) {
+                if (!notify_watchers(self, now->get(), desired)) return nullptr;
+                Py_RETURN_TRUE;
+            }
         }
     });
 }
@@ -145,7 +205,11 @@ PyObject* atom_swap(PyObject* self, PyObject* args, PyObject* kwargs) {
                 Py_DECREF(next);
                 return nullptr;
             }
-            if (cell->compare_exchange(now, object_ref(next))) return next;
+            if (cell->compare_exchange(now, object_ref(next))) {
+                if (notify_watchers(self, now->get(), next)) return next;
+                Py_DECREF(next);
+                return nullptr;
+            }
             Py_DECREF(next);
         }
     });
@@ -167,12 +231,93 @@ int atom_traverse(PyObject* self, visitproc visit, void* arg) {
     // The collector runs with the world stopped (free-threaded) or under the GIL with no
     // store in progress in C++, so the cell can be read without a borrow.
     if (atom->cell) Py_VISIT(atom->cell->unsynchronized_peek().get());
+    Py_VISIT(atom->watchers);
     return 0;
+}
+
+// watch(fn): fn(old, new) after every change from now on; returns fn (usable as a decorator).
+PyObject* atom_watch(PyObject* self, PyObject* fn) {
+    if (!PyCallable_Check(fn)) {
+        PyErr_Format(PyExc_TypeError, "Atom.watch() argument must be callable, not %.200s", Py_TYPE(fn)->tp_name);
+        return nullptr;
+    }
+    AtomObject* atom = as_atom(self);
+    PyObject* dropped = nullptr;
+    bool ok = true;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    const Py_ssize_t n = atom->watchers ? PyTuple_GET_SIZE(atom->watchers) : 0;
+    PyObject* grown = PyTuple_New(n + 1);
+    if (grown) {
+        for (Py_ssize_t i = 0; i < n; ++i) PyTuple_SET_ITEM(grown, i, Py_NewRef(PyTuple_GET_ITEM(atom->watchers, i)));
+        PyTuple_SET_ITEM(grown, n, Py_NewRef(fn));
+        dropped = atom->watchers;
+        atom->watchers = grown;
+    } else {
+        ok = false;
+    }
+    Py_END_CRITICAL_SECTION();
+    Py_XDECREF(dropped);  // outside the critical section: it may run arbitrary code
+    return ok ? Py_NewRef(fn) : nullptr;
+}
+
+// unwatch(fn): removes fn (compared by identity, then ==); ValueError if it is not watching.
+PyObject* atom_unwatch(PyObject* self, PyObject* fn) {
+    AtomObject* atom = as_atom(self);
+    // Find it on a snapshot first: == may run Python code, which must not run in the
+    // critical section. Then remove it if the tuple has not changed meanwhile, else retry.
+    while (true) {
+        PyObject* snapshot = watchers_of(self);
+        Py_ssize_t found = -1;
+        const Py_ssize_t n = snapshot ? PyTuple_GET_SIZE(snapshot) : 0;
+        for (Py_ssize_t i = 0; i < n && found < 0; ++i) {
+            PyObject* w = PyTuple_GET_ITEM(snapshot, i);
+            if (w == fn) {
+                found = i;
+                break;
+            }
+            const int eq = PyObject_RichCompareBool(w, fn, Py_EQ);
+            if (eq < 0) {
+                Py_DECREF(snapshot);
+                return nullptr;
+            }
+            if (eq) found = i;
+        }
+        if (found < 0) {
+            Py_XDECREF(snapshot);
+            PyErr_SetString(PyExc_ValueError, "Atom.unwatch(fn): fn is not watching this Atom");
+            return nullptr;
+        }
+        PyObject* shrunk = nullptr;
+        if (n > 1) {
+            shrunk = PyTuple_New(n - 1);
+            if (!shrunk) {
+                Py_DECREF(snapshot);
+                return nullptr;
+            }
+            for (Py_ssize_t i = 0, j = 0; i < n; ++i) {
+                if (i != found) PyTuple_SET_ITEM(shrunk, j++, Py_NewRef(PyTuple_GET_ITEM(snapshot, i)));
+            }
+        }
+        bool replaced = false;
+        PyObject* dropped = nullptr;
+        Py_BEGIN_CRITICAL_SECTION(self);
+        if (atom->watchers == snapshot) {
+            dropped = atom->watchers;
+            atom->watchers = shrunk;
+            replaced = true;
+        }
+        Py_END_CRITICAL_SECTION();
+        Py_XDECREF(dropped);
+        Py_DECREF(snapshot);
+        if (replaced) Py_RETURN_NONE;
+        Py_XDECREF(shrunk);
+    }
 }
 
 int atom_clear(PyObject* self) {
     AtomObject* atom = as_atom(self);
     if (atom->cell) atom->cell->exchange(object_ref(nullptr));
+    Py_CLEAR(atom->watchers);
     return 0;
 }
 
@@ -182,6 +327,7 @@ void atom_dealloc(PyObject* self) {
     PyObject_GC_UnTrack(self);
     if (atom->weakreflist) PyObject_ClearWeakRefs(self);
     delete atom->cell;
+    Py_XDECREF(atom->watchers);
     type->tp_free(self);
     Py_DECREF(type);
 }
@@ -197,6 +343,14 @@ PyMethodDef atom_methods[] = {
      "Stores fn(current, *args, **kwargs) and returns it.\n\n"
      "When another thread stores first, fn is called again with the newer value, so fn may run\n"
      "several times: it must not have side effects."},
+    {"watch", atom_watch, METH_O,
+     "watch($self, fn, /)\n--\n\n"
+     "Calls fn(old, new) after every change of this Atom from now on; returns fn.\n\n"
+     "reset(), a successful compare_and_set() and swap() each call every watcher once, on the\n"
+     "thread that made the change, after the change is visible to other threads. If a watcher\n"
+     "raises, the others still run, the change stands, and the first exception propagates."},
+    {"unwatch", atom_unwatch, METH_O,
+     "unwatch($self, fn, /)\n--\n\nStops calling fn after changes; ValueError if it was not watching."},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, class_getitem_doc},
     {nullptr, nullptr, 0, nullptr},
 };

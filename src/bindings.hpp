@@ -68,6 +68,9 @@ struct module_state {
     PyTypeObject* set_type = nullptr;
     PyTypeObject* transient_set_type = nullptr;
     PyTypeObject* set_iterator_type = nullptr;
+    // Struct sequences (named tuples) that diff() returns; made in module.cpp.
+    PyTypeObject* map_diff_type = nullptr;
+    PyTypeObject* set_diff_type = nullptr;
     // What the _C_API capsule hands to C++ hosts (python_bridge.hpp); filled in module.cpp.
     c_api api{};
     gc_census census;

@@ -2,6 +2,7 @@
 // per (sub)interpreter, no per-process Python state.
 #include <pybind11/pybind11.h>
 
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -99,6 +100,33 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
         keep_alive(type, "_state", capsule.ptr());
         keep_alive(type, "_types", siblings.ptr());
         PyType_Modified(type);
+    }
+
+    // The named tuples diff() returns: struct sequences, one pair of types per interpreter.
+    static PyStructSequence_Field map_diff_fields[] = {
+        {"added", "PersistentMap of the entries only the newer map has"},
+        {"removed", "PersistentMap of the entries only the older map has"},
+        {"changed", "PersistentMap of key -> (old value, new value) for the values that differ"},
+        {nullptr, nullptr},
+    };
+    static PyStructSequence_Field set_diff_fields[] = {
+        {"added", "PersistentSet of the elements only the newer set has"},
+        {"removed", "PersistentSet of the elements only the older set has"},
+        {nullptr, nullptr},
+    };
+    static PyStructSequence_Desc map_diff_desc = {
+        "pypersistent.MapDiff", "What PersistentMap.diff() found: (added, removed, changed).", map_diff_fields, 3};
+    static PyStructSequence_Desc set_diff_desc = {
+        "pypersistent.SetDiff", "What PersistentSet.diff() found: (added, removed).", set_diff_fields, 2};
+    for (auto [desc, slot, name, held_as] :
+         {std::tuple{&map_diff_desc, &module_state::map_diff_type, "MapDiff", "_map_diff_type"},
+          std::tuple{&set_diff_desc, &module_state::set_diff_type, "SetDiff", "_set_diff_type"}}) {
+        PyTypeObject* type = PyStructSequence_NewType(desc);
+        if (!type) throw py::error_already_set();
+        py::object owned = py::reinterpret_steal<py::object>(reinterpret_cast<PyObject*>(type));
+        state->*slot = type;
+        keep_alive(state->map_type, held_as, owned.ptr());  // lives as long as the map type
+        m.attr(name) = owned;
     }
 
     state->api.version = c_api_version;

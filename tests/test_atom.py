@@ -654,3 +654,117 @@ def test_atom_holds_any_persistent_structure(initial):
             a.reset(bad)
     assert a.deref() is initial
     assert Atom[PersistentSet[int]] is not None
+
+
+# ---- watches --------------------------------------------------------------------------------
+
+
+def test_watchers_see_every_change_with_its_old_and_new_value():
+    a = Atom(PersistentMap(n=0))
+    seen = []
+
+    @a.watch
+    def record(old, new):
+        seen.append((old, new))
+
+    assert record is not None and callable(record)  # watch() returns fn: usable as a decorator
+    v0 = a.deref()
+    v1 = a.swap(lambda m: m.set("n", 1))
+    v2 = PersistentMap(n=2)
+    assert a.reset(v2) is v1
+    assert not a.compare_and_set(v1, PersistentMap())  # a failed compare_and_set changes nothing
+    v3 = PersistentMap(n=3)
+    assert a.compare_and_set(v2, v3)
+    assert seen == [(v0, v1), (v1, v2), (v2, v3)]
+    assert all(o is x and n is y for (o, n), (x, y) in zip(seen, [(v0, v1), (v1, v2), (v2, v3)]))
+    a.unwatch(record)
+    a.reset(PersistentMap())
+    assert len(seen) == 3
+    with pytest.raises(ValueError, match="not watching"):
+        a.unwatch(record)
+    with pytest.raises(TypeError, match=r"Atom\.watch\(\) argument must be callable"):
+        a.watch(42)
+
+
+def test_a_raising_watcher_does_not_undo_the_change_or_silence_the_others():
+    class Boom(Exception):
+        pass
+
+    a = Atom(PersistentSet())
+    calls = []
+
+    def first(old, new):
+        calls.append("first")
+        raise Boom("first")
+
+    def second(old, new):
+        calls.append("second")
+
+    a.watch(first)
+    a.watch(second)
+    with pytest.raises(Boom, match="first"):
+        a.swap(lambda s: s.add(1))
+    assert a.deref() == {1} and calls == ["first", "second"]
+    with pytest.raises(Boom):
+        a.reset(PersistentSet({2}))
+    assert a.deref() == {2}
+
+
+def test_watchers_may_change_the_watch_list_and_the_atom_while_notified():
+    a = Atom(PersistentList())
+    log = []
+
+    def once(old, new):
+        log.append(len(new))
+        a.unwatch(once)
+        a.watch(lambda o, n: log.append(("late", len(n))))
+
+    a.watch(once)
+    a.swap(lambda v: v.append(1))  # calls once, which swaps the watch list
+    a.swap(lambda v: v.append(2))  # calls only the late watcher
+    assert log == [1, ("late", 2)]
+
+    b = Atom(PersistentMap(n=0))
+
+    def chain(old, new):  # a watcher that changes the atom again, until n reaches 5
+        if new["n"] < 5:
+            b.swap(lambda m: m.set("n", m["n"] + 1))
+
+    b.watch(chain)
+    b.reset(PersistentMap(n=1))
+    assert b.deref()["n"] == 5
+
+
+def test_each_concurrent_change_is_notified_once_with_its_own_values():
+    a = Atom(PersistentMap(n=0))
+    pairs = []
+    lock = threading.Lock()
+
+    def record(old, new):
+        with lock:
+            pairs.append((old["n"], new["n"]))
+
+    a.watch(record)
+    threads, per_thread = 8, 200
+
+    def work():
+        for _ in range(per_thread):
+            a.swap(lambda m: m.set("n", m["n"] + 1))
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    total = threads * per_thread
+    assert a.deref()["n"] == total
+    assert sorted(pairs) == [(i, i + 1) for i in range(total)]
+
+
+def test_watchers_take_part_in_garbage_collection():
+    a = Atom(PersistentMap())
+    a.watch(lambda old, new: a)  # the atom holds a watcher that holds the atom: a cycle
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None

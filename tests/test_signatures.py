@@ -114,6 +114,15 @@ def test_method_has_a_docstring_and_signature(case):
 # ---- calling with the signature's shape --------------------------------------------------------------
 
 
+def _watcher(old, new):
+    pass
+
+
+def _watched(atom):
+    atom.watch(_watcher)
+    return atom
+
+
 def instance_of(tp):
     """A fresh instance with a little content (a transient is consumed by some calls)."""
     makers = {
@@ -123,7 +132,7 @@ def instance_of(tp):
         TransientList: lambda: PersistentList([1, 2, 3]).transient(),
         PersistentSet: lambda: PersistentSet({1, 2, 3}),
         TransientSet: lambda: PersistentSet({1, 2, 3}).transient(),
-        Atom: lambda: Atom(PersistentMap({1: 2})),
+        Atom: lambda: _watched(Atom(PersistentMap({1: 2}))),
         PersistentMapKeys: lambda: PersistentMap({1: 2}).keys(),
         PersistentMapValues: lambda: PersistentMap({1: 2}).values(),
         PersistentMapItems: lambda: PersistentMap({1: 2}).items(),
@@ -157,6 +166,10 @@ SAMPLES = {
 
 
 def sample_for(tp, name, param):
+    if name == "diff":
+        return instance_of(tp)
+    if tp is Atom and name in ("watch", "unwatch"):
+        return _watcher  # every sample Atom watches it
     if tp is PersistentList and name == "index" and param.name == "value":
         return 2  # must be in the list
     if tp is PersistentMapKeys or tp is PersistentMapItems:

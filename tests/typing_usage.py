@@ -12,7 +12,7 @@ from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, Optional
 
 from pypersistent import Atom, PersistentArrayMap, PersistentDict, PersistentMap, TransientMap
-from pypersistent import PersistentList, PersistentSet, TransientList, TransientSet
+from pypersistent import MapDiff, PersistentList, PersistentSet, SetDiff, TransientList, TransientSet
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type
@@ -217,6 +217,30 @@ def covariance() -> None:
     assert numbers.set("b", 2) == {"a": True, "b": 2}
 
 
+def diffs_and_watches() -> None:
+    old: PersistentMap[str, int] = PersistentMap(a=1, b=2)
+    d = old.diff(old.set("a", 10))
+    assert_type(d, MapDiff[str, int])
+    assert_type(d.changed, PersistentMap[str, tuple[int, int]])
+    added, removed, changed = d
+    assert_type(added, PersistentMap[str, int])
+    assert changed == {"a": (1, 10)} and not added and not removed
+    s = PersistentSet([1, 2])
+    sd = s.diff(s.add(3))
+    assert_type(sd, SetDiff[int])
+    assert_type(sd.added, PersistentSet[int])
+    counts = Atom(old)
+    seen: list[tuple[PersistentMap[str, int], PersistentMap[str, int]]] = []
+
+    @counts.watch
+    def record(before: PersistentMap[str, int], after: PersistentMap[str, int]) -> None:
+        seen.append((before, after))
+
+    counts.swap(lambda m: m.set("c", 3))
+    counts.unwatch(record)
+    assert len(seen) == 1
+
+
 def main() -> None:
     m = build()
     assert lookups(m) == 3
@@ -231,6 +255,7 @@ def main() -> None:
     sets()
     atoms()
     covariance()
+    diffs_and_watches()
 
 
 if __name__ == "__main__":

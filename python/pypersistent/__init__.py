@@ -24,6 +24,7 @@ if _sys.version_info < (3, 12):
 from ._pypersistent import (
     Atom,
     FREE_THREADED_BUILD,
+    MapDiff,
     PersistentMap,
     PersistentMapItems,
     PersistentMapIterator,
@@ -33,6 +34,7 @@ from ._pypersistent import (
     PersistentListIterator,
     PersistentSet,
     PersistentSetIterator,
+    SetDiff,
     TransientList,
     TransientMap,
     TransientSet,
