@@ -400,6 +400,17 @@ PyObject* list_multiply(PyObject* left, PyObject* right) {
     if (n == 1 || v.empty()) return Py_NewRef(self);
     if (n <= 0) return new_list(Py_TYPE(self), as_list(self)->state, object_vector());
     if (static_cast<std::size_t>(n) > static_cast<std::size_t>(PY_SSIZE_T_MAX) / v.size()) return PyErr_NoMemory();
+    // The result is built element by element, so an impossible size would fill memory before
+    // failing. Like tuple and list, which allocate the whole array first, ask the allocator for
+    // the result's slots up front (an untouched allocation costs no memory) and raise
+    // MemoryError at once if it refuses.
+    const std::size_t total = static_cast<std::size_t>(n) * v.size();
+    if (total > (std::size_t(1) << 20)) {
+        if (total > PY_SSIZE_T_MAX / sizeof(PyObject*)) return PyErr_NoMemory();
+        void* probe = PyMem_RawMalloc(total * sizeof(PyObject*));
+        if (!probe) return PyErr_NoMemory();
+        PyMem_RawFree(probe);
+    }
     return guarded([&] {
         object_vector_transient t(v);
         for (Py_ssize_t k = 1; k < n; ++k) push_all(t, v);

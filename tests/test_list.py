@@ -739,3 +739,29 @@ def test_a_list_being_mutated_while_copied() -> None:
 
     assert len(PL(Grow())) > 0
     assert list(PL(src)) == src
+
+
+def test_an_impossible_repeat_raises_memory_error_at_once():
+    # Found by the collections fuzzer: the result was built element by element until memory
+    # ran out. Now, as for tuple, the allocator is asked for the whole size first, and nothing
+    # is built. Run in a child with its address space capped, so that the old behaviour fails
+    # (having filled the 4 GiB) instead of filling this machine's memory.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        from pypersistent import PersistentList
+        try:
+            PersistentList(range(6)) * 10**17
+        except MemoryError:
+            print("MemoryError, peak KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("MemoryError"), proc.stdout
+    assert int(proc.stdout.split()[-1]) < 512 * 1024, proc.stdout  # the 4 GiB were not filled
