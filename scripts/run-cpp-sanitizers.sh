@@ -194,15 +194,26 @@ mkdir -p "$root/build-sanitizers"
 # ---- ThreadSanitizer --------------------------------------------------------------------------
 
 if [ "$which" != asan ]; then
-    tsan_targets=(cpp_map_stress cpp_atom_stress)
-    [ "$have_unit_tests" -eq 1 ] && tsan_targets+=(test_vector test_set)
+    tsan_targets=(cpp_map_stress cpp_atom_stress cpp_sorted_map_stress cpp_shared_cell_stress)
+    [ "$have_unit_tests" -eq 1 ] && tsan_targets+=(test_vector test_set test_sorted_map test_shared_map)
     configure_and_build tsan "-fsanitize=thread" "${tsan_targets[@]}"
     dir="$root/build-sanitizers/tsan"
     run_step "tsan: cpp_map_stress $mode" "$dir/cpp_map_stress.$mode.log" \
         "$dir/stress/cpp_map_stress" "${stress_args[@]}"
     run_step "tsan: cpp_atom_stress $mode" "$dir/cpp_atom_stress.$mode.log" \
         "$dir/stress/cpp_atom_stress" "${atom_args[@]}"
+    # The sorted map's and the interpreter-neutral named cell's stress (--short in both modes:
+    # their long runs are by hand).
+    run_step "tsan: cpp_sorted_map_stress" "$dir/cpp_sorted_map_stress.log" \
+        "$dir/stress/cpp_sorted_map_stress" --short
+    run_step "tsan: cpp_shared_cell_stress" "$dir/cpp_shared_cell_stress.log" \
+        "$dir/stress/cpp_shared_cell_stress" --short
     if [ "$have_unit_tests" -eq 1 ]; then
+        # 16 threads sharing sorted maps / neutral maps and deriving versions.
+        run_step "tsan: test_sorted_map threads" "$dir/test_sorted_map.threads.log" \
+            "$dir/tests/cpp/test_sorted_map" --gtest_filter='SortedMapThreads.*'
+        run_step "tsan: test_shared_map threads" "$dir/test_shared_map.threads.log" \
+            "$dir/tests/cpp/test_shared_map" --gtest_filter='SharedMapThreads.*'
         # The vector's and the set's many-thread unit tests (the others are single-threaded).
         run_step "tsan: test_vector threads" "$dir/test_vector.threads.log" \
             "$dir/tests/cpp/test_vector" --gtest_filter='VectorThreads.*'

@@ -1,0 +1,1110 @@
+// neutral_value: an immutable, thread-safe value that holds no PyObject*, so that one trie of
+// them can be read by every (sub)interpreter of a process; and shared_map, the persistent map of
+// neutral values built on it (see shared_map.hpp for conveniences and the named-cell registry).
+//
+// Kinds: None, bool, int of any size, float, str, bytes, tuple of neutral values, and a nested
+// shared_map. Copying retains (one atomic increment), destruction releases; values never change.
+//
+// ---- Layout ---------------------------------------------------------------------------------
+//
+// 16 bytes: a one-byte kind tag (7 bytes of padding) and an 8-byte payload.
+//
+//   none                  payload unused (zero)
+//   boolean               payload.b
+//   small_int             payload.i, every int in [-2^63, 2^63)
+//   floating              payload.d (an IEEE double)
+//   big_int               payload.p -> { header, bool negative, uint32 limb count, uint64 limbs[] }
+//                         the magnitude as 64-bit limbs, least significant first, no zero limb at
+//                         the top. Canonical: a big_int is always outside the int64 range, so a
+//                         small_int and a big_int are never equal. On a little-endian machine the
+//                         limb array *is* the little-endian byte string of |x| (what
+//                         _PyLong_FromByteArray / PyLong_FromUnsignedNativeBytes read), and
+//                         from_le_bytes / to_le_bytes convert to and from two's complement.
+//   str                   payload.p -> { header, byte size, length in code points, max code
+//                         point (exact when validated; else the caller's bound, e.g. CPython's
+//                         PyUnicode_MAX_CHAR_VALUE: 127, 255, 65535 or 0x10FFFF, which is all
+//                         PyUnicode_New needs), cached hash, UTF-8 bytes, NUL }. Equality and
+//                         hashing look at the bytes only. The UTF-8 may encode lone
+//                         surrogates (U+D800..U+DFFF, as Python's "surrogatepass" writes them),
+//                         because Python strings may hold them.
+//   bytes                 payload.p -> { header, size, cached hash, bytes, NUL }
+//   tuple                 payload.p -> { header, count, lazily cached hash, neutral_value[] }
+//   map                   payload.p -> { header, lazily cached hash, shared_map }
+//
+// Every heap block starts with an atomic reference count (policy.hpp's atomic_refcount) and its
+// kind; releasing the last reference frees it (a tuple or map releases what it holds first).
+//
+// ---- Equality and hashing: Python's rules ------------------------------------------------------
+//
+// Keys that are equal in Python must be the same key, so operator== (used as the map's key and
+// value equality) follows Python's ==, and hash() follows Python's numeric hash:
+//
+//   * bool, int and float compare by numeric value: 1 == 1.0 == True, 0 == 0.0 == -0.0 == False.
+//     Ints and floats compare *exactly* (2**53 + 1 != float(2**53 + 1)); inf equals no int.
+//   * hash() of a bool, int or float is exactly Python's hash() (sys.hash_info: modulus
+//     2^61 - 1, inf -> 314159, -inf -> -314159, a result of -1 becomes -2), as a uint64 holding
+//     the Py_hash_t bit pattern. So numerically equal keys hash alike, and a binding may use
+//     hash(int) / hash(float) of a Python object as the neutral hash of its conversion.
+//   * NaN: every NaN equals every NaN (and nothing else), and hashes to 0 (sys.hash_info.nan,
+//     Python's NaN hash before 3.10). Python itself finds a NaN key in a dict only by identity
+//     (`x is y or x == y`); a neutral value has no identity, and the trie needs an equality that
+//     is reflexive (a key must find itself, a map must equal itself, assigning must replace).
+//     So "NaN is NaN" is extended to all NaNs: m.set(nan, 1).set(float('nan'), 2) has one key.
+//     This differs from dict only for *distinct* NaN objects, which dict keeps apart.
+//   * str equals str with the same content; bytes equals bytes with the same content; a str
+//     never equals bytes. Their hashes are a 64-bit hash of the content (not Python's seeded
+//     SipHash), fixed across processes and shared objects, computed once and cached.
+//   * tuples compare elementwise with these rules ((1,) == (1.0,) == (True,)), and hash from
+//     their elements' hashes, so equal tuples hash alike.
+//   * maps compare by content (same keys, equal values) and hash order-independently from their
+//     entries; the hash is computed on first use and cached.
+//   * Different kinds are otherwise never equal (None equals only None).
+//
+// identical(a, b) is the cheap "same value" test the map uses to decide that an assignment
+// changes nothing: same kind and same bits (same block for heap kinds). 1 and 1.0 are equal but
+// not identical, so assigning 1.0 over 1 replaces the value, as in dict.
+//
+// Thread safety: all operations are safe from any number of threads; the only writes after
+// construction are atomic reference counts and idempotent atomic hash caches.
+//
+// Recursion: equality, hashing and destruction of nested tuples/maps recurse (depth = nesting).
+//
+// Lookups without allocation: neutral_probe (below) builds a str or bytes key inside itself, for
+// find / contains / erase on a hot path (a binding's str-key lookups).
+//
+// Tests: defining PYPERSISTENT_NEUTRAL_COUNT_BLOCKS before including this header (in every
+// translation unit of the program) counts live heap blocks in neutral_detail::live_blocks.
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <limits>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "persistent_map.hpp"
+#include "policy.hpp"
+
+namespace pypersistent {
+
+class neutral_value;
+struct neutral_hash;
+struct neutral_equal;
+
+// The shared map's policy: atomic node counts (default_policy's), neutral values retained by
+// their own copies (the hooks stay no-ops), and "same value" / "same key" by identical(). (The
+// members are templates only so that this can precede neutral_value's definition.)
+struct shared_policy : default_policy {
+    template <class T>
+    static bool same_value(const T& a, const T& b) noexcept {
+        return a.identical(b);
+    }
+    template <class T>
+    static bool identical_key(const T& a, const T& b) noexcept {
+        return a.is_heap() && a.identical(b);
+    }
+};
+
+// The interpreter-neutral persistent map: keys and values are neutral values, node counts are
+// atomic, and values are retained by neutral_value's own copy semantics.
+using shared_map = persistent_map<neutral_value, neutral_value, neutral_hash, neutral_equal, neutral_equal, shared_policy>;
+using shared_transient = transient_map<neutral_value, neutral_value, neutral_hash, neutral_equal, neutral_equal, shared_policy>;
+
+namespace neutral_detail {
+
+// ---- Python's numeric hash ---------------------------------------------------------------------
+
+constexpr unsigned py_hash_bits = 61;
+constexpr std::uint64_t py_hash_modulus = (std::uint64_t(1) << py_hash_bits) - 1;
+constexpr std::uint64_t py_hash_inf = 314159;
+constexpr std::uint64_t py_hash_nan = 0;
+
+// x mod (2^61 - 1) for any 64-bit x.
+constexpr std::uint64_t mod_p(std::uint64_t x) noexcept {
+    x = (x & py_hash_modulus) + (x >> py_hash_bits);
+    return x >= py_hash_modulus ? x - py_hash_modulus : x;
+}
+
+// Applies the sign and Python's "-1 is reserved" rule to |x| mod P.
+constexpr std::uint64_t py_signed_hash(std::uint64_t magnitude_mod_p, bool negative) noexcept {
+    std::uint64_t h = negative ? std::uint64_t(0) - magnitude_mod_p : magnitude_mod_p;
+    if (h == ~std::uint64_t(0)) h = ~std::uint64_t(0) - 1;  // -1 -> -2
+    return h;
+}
+
+constexpr std::uint64_t magnitude_of(std::int64_t i) noexcept {
+    return i < 0 ? std::uint64_t(0) - static_cast<std::uint64_t>(i) : static_cast<std::uint64_t>(i);
+}
+
+constexpr std::uint64_t hash_int64(std::int64_t i) noexcept { return py_signed_hash(mod_p(magnitude_of(i)), i < 0); }
+
+// |x| mod P of a magnitude given as 64-bit limbs, least significant first (2^64 = 8 mod P).
+inline std::uint64_t limbs_mod_p(const std::uint64_t* limbs, std::size_t n) noexcept {
+    std::uint64_t h = 0;
+    for (std::size_t i = n; i-- > 0;) {
+        h = mod_p(h << 3);  // h < 2^61, so h * 8 fits
+        h = mod_p(h + mod_p(limbs[i]));
+    }
+    return h;
+}
+
+// CPython's _Py_HashDouble (Python/pyhash.c), NaN hashing to 0.
+inline std::uint64_t hash_double(double v) noexcept {
+    if (std::isnan(v)) return py_hash_nan;
+    if (std::isinf(v)) return v > 0 ? py_hash_inf : std::uint64_t(0) - py_hash_inf;
+    int e = 0;
+    double m = std::frexp(v, &e);
+    bool negative = false;
+    if (m < 0) {
+        negative = true;
+        m = -m;
+    }
+    std::uint64_t x = 0;
+    while (m != 0.0) {
+        x = ((x << 28) & py_hash_modulus) | x >> (py_hash_bits - 28);
+        m *= 268435456.0;  // 2^28
+        e -= 28;
+        const auto y = static_cast<std::uint64_t>(m);
+        m -= static_cast<double>(y);
+        x += y;
+        if (x >= py_hash_modulus) x -= py_hash_modulus;
+    }
+    const int bits = static_cast<int>(py_hash_bits);
+    e = e >= 0 ? e % bits : bits - 1 - ((-1 - e) % bits);
+    if (e != 0) x = ((x << e) & py_hash_modulus) | x >> (bits - e);
+    return py_signed_hash(x, negative);
+}
+
+// ---- content hashing (str, bytes, tuples, maps) ----------------------------------------------
+
+inline std::uint64_t mix64(std::uint64_t x) noexcept {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+inline std::uint64_t rotl(std::uint64_t x, unsigned r) noexcept { return (x << r) | (x >> (64 - r)); }
+
+// A fixed-seed 64-bit hash of a byte string (8 bytes per step, multiply-rotate, full avalanche at
+// the end). Fixed rather than per-process random: every shared object that includes this header
+// must hash alike, or a map built in one could not be searched from another.
+inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint64_t seed) noexcept {
+    constexpr std::uint64_t k1 = 0x87C37B91114253D5ull;
+    constexpr std::uint64_t k2 = 0x4CF5AD432745937Full;
+    std::uint64_t h = seed ^ (static_cast<std::uint64_t>(n) * 0x9E3779B97F4A7C15ull);
+    while (n >= 8) {
+        std::uint64_t k;
+        std::memcpy(&k, p, 8);
+        k *= k1;
+        k = rotl(k, 31);
+        k *= k2;
+        h ^= k;
+        h = rotl(h, 27) * 5 + 0x52DCE729;
+        p += 8;
+        n -= 8;
+    }
+    std::uint64_t tail = 0;
+    for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+    h ^= rotl(tail * k1, 31) * k2;
+    return mix64(h);
+}
+
+constexpr std::uint64_t str_seed = 0x7374725F6E657574ull;    // "str_neut"
+constexpr std::uint64_t bytes_seed = 0x62797465735F6E65ull;  // "bytes_ne"
+constexpr std::uint64_t tuple_seed = 0x7475706C655F6E65ull;
+constexpr std::uint64_t map_seed = 0x6D61705F6E657574ull;
+
+// Lazily computed hashes use 0 for "not yet"; a computed 0 is stored as this instead.
+constexpr std::uint64_t hash_zero_substitute = 0x5A17C0DE5A17C0DEull;
+
+// ---- UTF-8 ----------------------------------------------------------------------------------
+
+struct utf8_info {
+    std::size_t length = 0;       // code points
+    std::uint32_t max_char = 0;   // the largest code point (0 for "")
+};
+
+// Validates UTF-8 (lone surrogates allowed, as "surrogatepass" writes them; overlong forms and
+// code points above U+10FFFF rejected) and measures it. Throws std::invalid_argument.
+inline utf8_info scan_utf8(const unsigned char* s, std::size_t n) {
+    utf8_info info;
+    std::size_t i = 0;
+    while (i < n) {
+        const unsigned c = s[i];
+        std::uint32_t cp;
+        std::size_t len;
+        if (c < 0x80) {
+            cp = c;
+            len = 1;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            cp = c & 0x1F;
+            len = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            cp = c & 0x0F;
+            len = 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            cp = c & 0x07;
+            len = 4;
+        } else {
+            throw std::invalid_argument("neutral_value: invalid UTF-8 lead byte");
+        }
+        if (n - i < len) throw std::invalid_argument("neutral_value: truncated UTF-8 sequence");
+        for (std::size_t j = 1; j < len; ++j) {
+            const unsigned cc = s[i + j];
+            if ((cc & 0xC0) != 0x80) throw std::invalid_argument("neutral_value: invalid UTF-8 continuation byte");
+            cp = (cp << 6) | (cc & 0x3F);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF))) {
+            throw std::invalid_argument("neutral_value: overlong or out-of-range UTF-8 sequence");
+        }
+        if (cp > info.max_char) info.max_char = cp;
+        ++info.length;
+        i += len;
+    }
+    return info;
+}
+
+// ---- heap blocks ----------------------------------------------------------------------------
+
+enum class heap_kind : std::uint8_t { big_int, str, bytes, tuple, map };
+
+#if defined(PYPERSISTENT_NEUTRAL_COUNT_BLOCKS)
+// Test builds: the number of live heap blocks, to check that references balance.
+inline std::atomic<std::int64_t> live_blocks{0};
+#endif
+
+struct heap_header {
+    atomic_refcount refs{1};
+    heap_kind kind;
+    explicit heap_header(heap_kind k) noexcept : kind(k) {}
+};
+
+inline void* allocate_block(std::size_t bytes) {
+    void* p = ::operator new(bytes);
+#if defined(PYPERSISTENT_NEUTRAL_COUNT_BLOCKS)
+    live_blocks.fetch_add(1, std::memory_order_relaxed);
+#endif
+    return p;
+}
+inline void free_block(void* p) noexcept {
+#if defined(PYPERSISTENT_NEUTRAL_COUNT_BLOCKS)
+    live_blocks.fetch_sub(1, std::memory_order_relaxed);
+#endif
+    ::operator delete(p);
+}
+
+struct big_int_block : heap_header {
+    bool negative;
+    std::uint32_t count;  // limbs, the top one non-zero
+    std::uint64_t hash;
+    std::uint64_t* limbs() noexcept { return reinterpret_cast<std::uint64_t*>(this + 1); }
+    const std::uint64_t* limbs() const noexcept { return reinterpret_cast<const std::uint64_t*>(this + 1); }
+    big_int_block(bool neg, std::uint32_t n) noexcept : heap_header(heap_kind::big_int), negative(neg), count(n), hash(0) {}
+};
+static_assert(sizeof(big_int_block) % alignof(std::uint64_t) == 0, "limbs follow the header");
+
+// str and bytes share a block: for bytes, length == size and max_char is unused.
+struct text_block : heap_header {
+    std::size_t size;    // bytes
+    std::size_t length;  // code points (str) or bytes
+    std::uint32_t max_char;
+    std::uint64_t hash;
+    char* data() noexcept { return reinterpret_cast<char*>(this + 1); }
+    const char* data() const noexcept { return reinterpret_cast<const char*>(this + 1); }
+    text_block(heap_kind k, std::size_t sz, std::size_t len, std::uint32_t mc) noexcept
+        : heap_header(k), size(sz), length(len), max_char(mc), hash(0) {}
+};
+
+struct tuple_block;
+struct map_block;
+
+}  // namespace neutral_detail
+
+// ---- neutral_value --------------------------------------------------------------------------------
+
+class neutral_value {
+public:
+    enum class kind : std::uint8_t { none, boolean, small_int, floating, big_int, str, bytes, tuple, map };
+
+    // None.
+    neutral_value() noexcept : kind_(kind::none) { u_.i = 0; }
+    neutral_value(std::nullptr_t) noexcept : neutral_value() {}
+
+    // bool (only a real bool: pointers do not convert to a neutral bool).
+    template <class B, std::enable_if_t<std::is_same<B, bool>::value, int> = 0>
+    neutral_value(B b) noexcept : kind_(kind::boolean) {
+        u_.i = 0;
+        u_.b = b;
+    }
+
+    // Any integer type; unsigned values above INT64_MAX become big ints.
+    template <class I, std::enable_if_t<std::is_integral<I>::value && !std::is_same<I, bool>::value, int> = 0>
+    neutral_value(I i) : kind_(kind::none) {
+        u_.i = 0;
+        if constexpr (std::is_unsigned<I>::value && sizeof(I) >= sizeof(std::int64_t)) {
+            if (static_cast<std::uint64_t>(i) > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+                const std::uint64_t limb = static_cast<std::uint64_t>(i);
+                *this = from_limbs(false, &limb, 1);
+                return;
+            }
+        }
+        kind_ = kind::small_int;
+        u_.i = static_cast<std::int64_t>(i);
+    }
+
+    template <class F, std::enable_if_t<std::is_floating_point<F>::value, int> = 0>
+    neutral_value(F f) noexcept : kind_(kind::floating) {
+        u_.d = static_cast<double>(f);
+    }
+
+    // str, from UTF-8 (validated; throws std::invalid_argument).
+    neutral_value(const char* utf8) : neutral_value(std::string_view(utf8)) {}
+    neutral_value(const std::string& utf8) : neutral_value(std::string_view(utf8)) {}
+    neutral_value(std::string_view utf8) : kind_(kind::none) {
+        u_.i = 0;
+        const auto info = neutral_detail::scan_utf8(reinterpret_cast<const unsigned char*>(utf8.data()), utf8.size());
+        *this = make_text(kind::str, utf8.data(), utf8.size(), info.length, info.max_char);
+    }
+
+    // A nested map.
+    neutral_value(shared_map m);
+
+    // ---- named constructors ----
+
+    static neutral_value none() noexcept { return neutral_value(); }
+
+    // str from UTF-8 the caller vouches for (a binding that has the length and maximum code
+    // point, or a bound of it, from PyUnicode_GET_LENGTH / PyUnicode_MAX_CHAR_VALUE): no
+    // validation pass. Equal content gives an equal value whatever max_char says.
+    static neutral_value str_unchecked(std::string_view utf8, std::size_t length, std::uint32_t max_char) {
+        return make_text(kind::str, utf8.data(), utf8.size(), length, max_char);
+    }
+
+    static neutral_value bytes(const void* data, std::size_t size) {
+        return make_text(kind::bytes, static_cast<const char*>(data), size, size, 0);
+    }
+    static neutral_value bytes(std::string_view data) { return bytes(data.data(), data.size()); }
+
+    // An int from sign and magnitude (64-bit limbs, least significant first; zero limbs at the
+    // top are ignored). Values in the int64 range become small ints.
+    static neutral_value from_limbs(bool negative, const std::uint64_t* limbs, std::size_t count);
+
+    // An int from n little-endian bytes, two's complement when is_signed (the layout of
+    // _PyLong_AsByteArray(v, buf, n, little_endian=1, is_signed=1) and PyLong_AsNativeBytes with
+    // Py_ASNATIVEBYTES_LITTLE_ENDIAN), unsigned otherwise.
+    static neutral_value from_le_bytes(const unsigned char* bytes, std::size_t n, bool is_signed);
+
+    // An int from decimal text: optional sign, digits, optional '_' between digits. Throws
+    // std::invalid_argument.
+    static neutral_value from_decimal(std::string_view text);
+
+    static neutral_value tuple(std::initializer_list<neutral_value> items) { return tuple(items.begin(), items.size()); }
+    static neutral_value tuple(const std::vector<neutral_value>& items) { return tuple(items.data(), items.size()); }
+    static neutral_value tuple(const neutral_value* items, std::size_t count);
+
+    // ---- copy / move ----
+
+    neutral_value(const neutral_value& other) noexcept : kind_(other.kind_), u_(other.u_) {
+        if (is_heap()) u_.p->refs.retain();
+    }
+    neutral_value(neutral_value&& other) noexcept : kind_(other.kind_), u_(other.u_) {
+        other.kind_ = kind::none;
+        other.u_.i = 0;
+    }
+    neutral_value& operator=(const neutral_value& other) noexcept {
+        neutral_value(other).swap(*this);
+        return *this;
+    }
+    neutral_value& operator=(neutral_value&& other) noexcept {
+        neutral_value(std::move(other)).swap(*this);
+        return *this;
+    }
+    ~neutral_value() {
+        if (is_heap() && u_.p->refs.release()) destroy(u_.p);
+    }
+    void swap(neutral_value& other) noexcept {
+        std::swap(kind_, other.kind_);
+        std::swap(u_, other.u_);
+    }
+
+    // ---- inspection ----
+
+    kind type() const noexcept { return kind_; }
+    bool is_none() const noexcept { return kind_ == kind::none; }
+    bool is_bool() const noexcept { return kind_ == kind::boolean; }
+    bool is_int() const noexcept { return kind_ == kind::small_int || kind_ == kind::big_int; }
+    bool is_small_int() const noexcept { return kind_ == kind::small_int; }
+    bool is_big_int() const noexcept { return kind_ == kind::big_int; }
+    bool is_float() const noexcept { return kind_ == kind::floating; }
+    bool is_str() const noexcept { return kind_ == kind::str; }
+    bool is_bytes() const noexcept { return kind_ == kind::bytes; }
+    bool is_tuple() const noexcept { return kind_ == kind::tuple; }
+    bool is_map() const noexcept { return kind_ == kind::map; }
+    bool is_heap() const noexcept { return kind_ >= kind::big_int; }
+
+    // Unchecked accessors: the kind must match (asserted in debug builds).
+    bool as_bool() const noexcept { return u_.b; }
+    std::int64_t as_int64() const noexcept { return u_.i; }  // small_int only
+    double as_double() const noexcept { return u_.d; }
+
+    bool big_negative() const noexcept { return big()->negative; }
+    std::size_t big_limb_count() const noexcept { return big()->count; }
+    const std::uint64_t* big_limbs() const noexcept { return big()->limbs(); }
+    // Bytes needed for this int in signed two's complement (always >= 1), and the conversion:
+    // writes exactly n bytes, little-endian, sign-extended; returns false if n is too small.
+    std::size_t le_byte_length() const noexcept;
+    bool to_le_bytes(unsigned char* out, std::size_t n) const noexcept;
+
+    // str: UTF-8 bytes (NUL-terminated at data()[size()]), length in code points, max code point.
+    std::string_view str_view() const noexcept { return {text()->data(), text()->size}; }
+    std::size_t str_length() const noexcept { return text()->length; }
+    std::uint32_t str_max_char() const noexcept { return text()->max_char; }
+    bool str_is_ascii() const noexcept { return text()->max_char < 0x80; }
+    std::string_view bytes_view() const noexcept { return {text()->data(), text()->size}; }
+
+    std::size_t tuple_size() const noexcept;
+    const neutral_value* tuple_data() const noexcept;
+    const neutral_value& operator[](std::size_t i) const noexcept { return tuple_data()[i]; }
+
+    const shared_map& as_map() const noexcept;
+
+    // ---- equality and hashing (see the top of this file) ----
+
+    hash_t hash() const noexcept;
+    friend bool operator==(const neutral_value& a, const neutral_value& b) noexcept { return equal(a, b); }
+    friend bool operator!=(const neutral_value& a, const neutral_value& b) noexcept { return !equal(a, b); }
+    // Same kind and same bits (same heap block): cheap, implies ==.
+    bool identical(const neutral_value& other) const noexcept {
+        return kind_ == other.kind_ && std::memcmp(&u_, &other.u_, sizeof u_) == 0;
+    }
+
+    // Python-style repr, for tests, logs and examples: None, True, 12, 1.5, 'text', b'..',
+    // (1, 2), {'k': 'v'} (map entries in trie order).
+    std::string repr() const;
+
+    // The number of references to this heap value (1 for inline kinds): for tests.
+    std::uint32_t use_count() const noexcept { return is_heap() ? u_.p->refs.load() : 1; }
+
+private:
+    friend class neutral_probe;
+
+    union payload {
+        bool b;
+        std::int64_t i;
+        double d;
+        neutral_detail::heap_header* p;
+    };
+
+    static neutral_value adopt(kind k, neutral_detail::heap_header* block) noexcept {
+        neutral_value v;
+        v.kind_ = k;
+        v.u_.p = block;
+        return v;
+    }
+    static neutral_value make_text(kind k, const char* data, std::size_t size, std::size_t length, std::uint32_t max_char) {
+        using neutral_detail::text_block;
+        void* mem = neutral_detail::allocate_block(sizeof(text_block) + size + 1);
+        auto* b = new (mem) text_block(k == kind::str ? neutral_detail::heap_kind::str : neutral_detail::heap_kind::bytes,
+                                       size, length, max_char);
+        if (size) std::memcpy(b->data(), data, size);
+        b->data()[size] = '\0';
+        b->hash = neutral_detail::hash_bytes(reinterpret_cast<const unsigned char*>(b->data()), size,
+                                             k == kind::str ? neutral_detail::str_seed : neutral_detail::bytes_seed);
+        return adopt(k, b);
+    }
+
+    const neutral_detail::big_int_block* big() const noexcept {
+        return static_cast<const neutral_detail::big_int_block*>(u_.p);
+    }
+    const neutral_detail::text_block* text() const noexcept { return static_cast<const neutral_detail::text_block*>(u_.p); }
+
+    static void destroy(neutral_detail::heap_header* block) noexcept;
+    static bool equal(const neutral_value& a, const neutral_value& b) noexcept;
+    static bool numeric_equal(const neutral_value& a, const neutral_value& b) noexcept;
+    void repr_into(std::string& out) const;
+
+    kind kind_;
+    payload u_;
+};
+
+static_assert(sizeof(neutral_value) == 16, "neutral_value is a tag and an 8-byte payload");
+static_assert(std::is_nothrow_move_constructible<neutral_value>::value, "tries relocate keys in place");
+
+// A str or bytes key for lookups (find / contains / erase / find_hashed) that needs no heap
+// allocation when the content fits in the probe (up to inline_capacity bytes): the block lives
+// inside the probe object. For a binding's hot path: looking up a Python str key in a shared map
+// without malloc/free. The probe's value must not be stored or copied anywhere that outlives the
+// probe (never pass it to set(); find / erase never copy the key): the destructor checks that no
+// reference was taken and aborts the process if one was, rather than leave a dangling pointer.
+class neutral_probe {
+public:
+    static constexpr std::size_t inline_capacity = 200;
+
+    // str from UTF-8 the caller vouches for (see neutral_value::str_unchecked).
+    static neutral_probe str(std::string_view utf8, std::size_t length, std::uint32_t max_char) {
+        return neutral_probe(neutral_value::kind::str, utf8, length, max_char);
+    }
+    static neutral_probe bytes(std::string_view data) {
+        return neutral_probe(neutral_value::kind::bytes, data, data.size(), 0);
+    }
+
+    neutral_probe(const neutral_probe&) = delete;
+    neutral_probe& operator=(const neutral_probe&) = delete;
+    ~neutral_probe() {
+        if (!inline_) return;  // a heap value: released normally
+        if (value_.u_.p->refs.load() != 1) std::abort();  // a copy escaped: it would dangle
+        value_.kind_ = neutral_value::kind::none;          // nothing to release
+    }
+
+    const neutral_value& value() const noexcept { return value_; }
+    operator const neutral_value&() const noexcept { return value_; }
+    bool is_inline() const noexcept { return inline_; }
+
+private:
+    neutral_probe(neutral_value::kind k, std::string_view data, std::size_t length, std::uint32_t max_char) {
+        using neutral_detail::text_block;
+        if (sizeof(text_block) + data.size() + 1 > sizeof storage_) {
+            value_ = neutral_value::make_text(k, data.data(), data.size(), length, max_char);
+            return;
+        }
+        auto* b = new (storage_) text_block(k == neutral_value::kind::str ? neutral_detail::heap_kind::str
+                                                                          : neutral_detail::heap_kind::bytes,
+                                            data.size(), length, max_char);
+        if (!data.empty()) std::memcpy(b->data(), data.data(), data.size());
+        b->data()[data.size()] = '\0';
+        b->hash = neutral_detail::hash_bytes(reinterpret_cast<const unsigned char*>(b->data()), data.size(),
+                                             k == neutral_value::kind::str ? neutral_detail::str_seed
+                                                                           : neutral_detail::bytes_seed);
+        value_.kind_ = k;
+        value_.u_.p = b;
+        inline_ = true;
+    }
+    // Guaranteed copy elision returns probes from the factories without moving them.
+
+    alignas(neutral_detail::text_block) unsigned char storage_[sizeof(neutral_detail::text_block) + inline_capacity + 1];
+    neutral_value value_;
+    bool inline_ = false;
+};
+
+struct neutral_hash {
+    hash_t operator()(const neutral_value& v) const noexcept { return v.hash(); }
+};
+struct neutral_equal {
+    bool operator()(const neutral_value& a, const neutral_value& b) const noexcept { return a == b; }
+};
+
+namespace neutral_detail {
+
+struct tuple_block : heap_header {
+    std::size_t count;
+    std::atomic<std::uint64_t> hash{0};  // 0: not computed yet
+    neutral_value* items() noexcept { return reinterpret_cast<neutral_value*>(this + 1); }
+    const neutral_value* items() const noexcept { return reinterpret_cast<const neutral_value*>(this + 1); }
+    explicit tuple_block(std::size_t n) noexcept : heap_header(heap_kind::tuple), count(n) {}
+};
+static_assert(sizeof(tuple_block) % alignof(neutral_value) == 0, "items follow the header");
+
+struct map_block : heap_header {
+    std::atomic<std::uint64_t> hash{0};  // 0: not computed yet
+    shared_map map;
+    explicit map_block(shared_map m) noexcept : heap_header(heap_kind::map), map(std::move(m)) {}
+};
+
+// Compares magnitudes given as limbs (no zero limb at the top).
+inline bool limbs_equal(const std::uint64_t* a, std::size_t na, const std::uint64_t* b, std::size_t nb) noexcept {
+    return na == nb && std::memcmp(a, b, na * sizeof(std::uint64_t)) == 0;
+}
+
+// The exact integer value of a finite, integral double with |d| >= 2^63, as limbs.
+struct double_limbs {
+    std::uint64_t limbs[17];
+    std::size_t count = 0;
+};
+inline double_limbs integral_double_to_limbs(double d) noexcept {
+    double_limbs out;
+    int e = 0;
+    const double m = std::frexp(std::fabs(d), &e);  // |d| = m * 2^e, m in [0.5, 1), e >= 64
+    const auto mantissa = static_cast<std::uint64_t>(std::ldexp(m, 53));  // exact: 53 bits
+    const int shift = e - 53;  // >= 11
+    for (auto& l : out.limbs) l = 0;
+    const int word = shift / 64;
+    const int bit = shift % 64;
+    out.limbs[word] = mantissa << bit;
+    if (bit != 0) out.limbs[word + 1] = mantissa >> (64 - bit);
+    out.count = static_cast<std::size_t>(word) + 2;
+    while (out.count > 0 && out.limbs[out.count - 1] == 0) --out.count;
+    return out;
+}
+
+// Whether double d equals the integer (negative, limbs), exactly.
+inline bool double_equals_big(double d, bool negative, const std::uint64_t* limbs, std::size_t count) noexcept {
+    if (!std::isfinite(d) || d != std::floor(d)) return false;
+    if ((d < 0) != negative) return false;
+    if (std::fabs(d) < 9223372036854775808.0) return false;  // big ints are outside the int64 range
+    const double_limbs dl = integral_double_to_limbs(d);
+    return limbs_equal(dl.limbs, dl.count, limbs, count);
+}
+
+// Whether double d equals the int64 i, exactly.
+inline bool double_equals_int64(double d, std::int64_t i) noexcept {
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0)) return false;  // NaN too
+    if (d != std::floor(d)) return false;
+    return static_cast<std::int64_t>(d) == i;
+}
+
+}  // namespace neutral_detail
+
+// ---- out-of-line definitions ------------------------------------------------------------------
+
+inline neutral_value::neutral_value(shared_map m) : kind_(kind::none) {
+    u_.i = 0;
+    void* mem = neutral_detail::allocate_block(sizeof(neutral_detail::map_block));
+    auto* b = new (mem) neutral_detail::map_block(std::move(m));
+    kind_ = kind::map;
+    u_.p = b;
+}
+
+inline const shared_map& neutral_value::as_map() const noexcept {
+    return static_cast<const neutral_detail::map_block*>(u_.p)->map;
+}
+inline std::size_t neutral_value::tuple_size() const noexcept {
+    return static_cast<const neutral_detail::tuple_block*>(u_.p)->count;
+}
+inline const neutral_value* neutral_value::tuple_data() const noexcept {
+    return static_cast<const neutral_detail::tuple_block*>(u_.p)->items();
+}
+
+inline neutral_value neutral_value::tuple(const neutral_value* items, std::size_t count) {
+    using neutral_detail::tuple_block;
+    void* mem = neutral_detail::allocate_block(sizeof(tuple_block) + count * sizeof(neutral_value));
+    auto* b = new (mem) tuple_block(count);
+    for (std::size_t i = 0; i < count; ++i) new (b->items() + i) neutral_value(items[i]);  // noexcept
+    return adopt(kind::tuple, b);
+}
+
+inline neutral_value neutral_value::from_limbs(bool negative, const std::uint64_t* limbs, std::size_t count) {
+    while (count > 0 && limbs[count - 1] == 0) --count;
+    if (count == 0) return neutral_value(0);
+    if (count == 1) {
+        const std::uint64_t m = limbs[0];
+        if (!negative && m <= std::uint64_t(std::numeric_limits<std::int64_t>::max())) {
+            return neutral_value(static_cast<std::int64_t>(m));
+        }
+        if (negative && m <= (std::uint64_t(1) << 63)) {
+            // -m fits: -2^63 is INT64_MIN.
+            return neutral_value(m == (std::uint64_t(1) << 63) ? std::numeric_limits<std::int64_t>::min()
+                                                                 : -static_cast<std::int64_t>(m));
+        }
+    }
+    if (count > std::numeric_limits<std::uint32_t>::max()) throw std::length_error("neutral_value: int too large");
+    using neutral_detail::big_int_block;
+    void* mem = neutral_detail::allocate_block(sizeof(big_int_block) + count * sizeof(std::uint64_t));
+    auto* b = new (mem) big_int_block(negative, static_cast<std::uint32_t>(count));
+    std::memcpy(b->limbs(), limbs, count * sizeof(std::uint64_t));
+    b->hash = neutral_detail::py_signed_hash(neutral_detail::limbs_mod_p(limbs, count), negative);
+    return adopt(kind::big_int, b);
+}
+
+inline neutral_value neutral_value::from_le_bytes(const unsigned char* bytes, std::size_t n, bool is_signed) {
+    const bool negative = is_signed && n > 0 && (bytes[n - 1] & 0x80);
+    std::vector<std::uint64_t> limbs((n + 7) / 8, 0);
+    for (std::size_t i = 0; i < n; ++i) {
+        const unsigned byte = negative ? static_cast<unsigned char>(~bytes[i]) : bytes[i];
+        limbs[i / 8] |= static_cast<std::uint64_t>(byte) << (8 * (i % 8));
+    }
+    if (negative) {
+        // |x| = ~x + 1 over the n bytes complemented above. ~x has its top bit clear, so the
+        // carry never runs past the n bytes.
+        for (auto& l : limbs) {
+            if (++l != 0) break;
+        }
+    }
+    return from_limbs(negative, limbs.data(), limbs.size());
+}
+
+namespace neutral_detail {
+
+// Decimal digits and magnitudes through 32-bit limbs (plain 64-bit arithmetic, no __int128).
+inline std::vector<std::uint32_t> to_u32_limbs(const std::uint64_t* limbs, std::size_t count) {
+    std::vector<std::uint32_t> out(count * 2);
+    for (std::size_t i = 0; i < count; ++i) {
+        out[2 * i] = static_cast<std::uint32_t>(limbs[i]);
+        out[2 * i + 1] = static_cast<std::uint32_t>(limbs[i] >> 32);
+    }
+    while (!out.empty() && out.back() == 0) out.pop_back();
+    return out;
+}
+
+inline std::string magnitude_to_decimal(const std::uint64_t* limbs, std::size_t count) {
+    std::vector<std::uint32_t> m = to_u32_limbs(limbs, count);
+    if (m.empty()) return "0";
+    std::string digits;  // least significant first
+    while (!m.empty()) {
+        std::uint64_t rem = 0;
+        for (std::size_t i = m.size(); i-- > 0;) {
+            const std::uint64_t cur = (rem << 32) | m[i];
+            m[i] = static_cast<std::uint32_t>(cur / 1000000000u);
+            rem = cur % 1000000000u;
+        }
+        while (!m.empty() && m.back() == 0) m.pop_back();
+        for (int k = 0; k < 9; ++k) {
+            digits.push_back(static_cast<char>('0' + rem % 10));
+            rem /= 10;
+            if (m.empty() && rem == 0) break;
+        }
+    }
+    while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+    return std::string(digits.rbegin(), digits.rend());
+}
+
+inline std::size_t bit_length(const std::uint64_t* limbs, std::size_t count) noexcept {
+    if (count == 0) return 0;
+    std::uint64_t top = limbs[count - 1];
+    std::size_t bits = (count - 1) * 64;
+    while (top) {
+        ++bits;
+        top >>= 1;
+    }
+    return bits;
+}
+
+inline bool is_power_of_two(const std::uint64_t* limbs, std::size_t count) noexcept {
+    if (count == 0) return false;
+    for (std::size_t i = 0; i + 1 < count; ++i) {
+        if (limbs[i] != 0) return false;
+    }
+    const std::uint64_t top = limbs[count - 1];
+    return (top & (top - 1)) == 0;
+}
+
+// Tuple hashing: CPython's tuplehash (an xxHash-like combination of the element hashes), over
+// the elements' neutral hashes.
+constexpr std::uint64_t xx_prime_1 = 11400714785074694791ull;
+constexpr std::uint64_t xx_prime_2 = 14029467366897019727ull;
+constexpr std::uint64_t xx_prime_5 = 2870177450012600261ull;
+
+}  // namespace neutral_detail
+
+inline std::size_t neutral_value::le_byte_length() const noexcept {
+    std::uint64_t one;
+    const std::uint64_t* limbs;
+    std::size_t count;
+    bool negative;
+    if (kind_ == kind::big_int) {
+        limbs = big()->limbs();
+        count = big()->count;
+        negative = big()->negative;
+    } else {
+        const std::int64_t i = kind_ == kind::boolean ? std::int64_t(u_.b) : u_.i;
+        one = neutral_detail::magnitude_of(i);
+        limbs = &one;
+        count = one ? 1 : 0;
+        negative = i < 0;
+    }
+    const std::size_t bits = neutral_detail::bit_length(limbs, count);
+    if (bits == 0) return 1;
+    const std::size_t signed_bits = negative && neutral_detail::is_power_of_two(limbs, count) ? bits : bits + 1;
+    return (signed_bits + 7) / 8;
+}
+
+inline bool neutral_value::to_le_bytes(unsigned char* out, std::size_t n) const noexcept {
+    if (n < le_byte_length()) return false;
+    std::uint64_t one;
+    const std::uint64_t* limbs;
+    std::size_t count;
+    bool negative;
+    if (kind_ == kind::big_int) {
+        limbs = big()->limbs();
+        count = big()->count;
+        negative = big()->negative;
+    } else {
+        const std::int64_t i = kind_ == kind::boolean ? std::int64_t(u_.b) : u_.i;
+        one = neutral_detail::magnitude_of(i);
+        limbs = &one;
+        count = 1;
+        negative = i < 0;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::size_t limb = i / 8;
+        out[i] = limb < count ? static_cast<unsigned char>(limbs[limb] >> (8 * (i % 8))) : 0;
+    }
+    if (negative) {
+        unsigned carry = 1;
+        for (std::size_t i = 0; i < n; ++i) {
+            const unsigned v = static_cast<unsigned char>(~out[i]) + carry;
+            out[i] = static_cast<unsigned char>(v);
+            carry = v >> 8;
+        }
+    }
+    return true;
+}
+
+inline neutral_value neutral_value::from_decimal(std::string_view text) {
+    std::size_t i = 0;
+    bool negative = false;
+    if (i < text.size() && (text[i] == '+' || text[i] == '-')) negative = text[i++] == '-';
+    if (i == text.size()) throw std::invalid_argument("neutral_value::from_decimal: no digits");
+    std::vector<std::uint32_t> m;  // magnitude, 32-bit limbs, least significant first
+    auto mul_add = [&m](std::uint32_t mul, std::uint32_t add) {
+        std::uint64_t carry = add;
+        for (auto& limb : m) {
+            const std::uint64_t cur = std::uint64_t(limb) * mul + carry;
+            limb = static_cast<std::uint32_t>(cur);
+            carry = cur >> 32;
+        }
+        if (carry) m.push_back(static_cast<std::uint32_t>(carry));
+    };
+    std::uint32_t chunk = 0, scale = 1;
+    bool last_digit = false;
+    for (; i < text.size(); ++i) {
+        const char c = text[i];
+        if (c == '_' && last_digit && i + 1 < text.size()) {
+            last_digit = false;
+            continue;
+        }
+        if (c < '0' || c > '9') throw std::invalid_argument("neutral_value::from_decimal: not a decimal integer");
+        last_digit = true;
+        chunk = chunk * 10 + static_cast<std::uint32_t>(c - '0');
+        scale *= 10;
+        if (scale == 1000000000u) {
+            mul_add(scale, chunk);
+            chunk = 0;
+            scale = 1;
+        }
+    }
+    if (!last_digit) throw std::invalid_argument("neutral_value::from_decimal: not a decimal integer");
+    if (scale != 1) mul_add(scale, chunk);
+    std::vector<std::uint64_t> limbs((m.size() + 1) / 2, 0);
+    for (std::size_t k = 0; k < m.size(); ++k) limbs[k / 2] |= std::uint64_t(m[k]) << (32 * (k % 2));
+    return from_limbs(negative, limbs.data(), limbs.size());
+}
+
+inline void neutral_value::destroy(neutral_detail::heap_header* block) noexcept {
+    using namespace neutral_detail;
+    switch (block->kind) {
+        case heap_kind::big_int:
+            static_cast<big_int_block*>(block)->~big_int_block();
+            break;
+        case heap_kind::str:
+        case heap_kind::bytes:
+            static_cast<text_block*>(block)->~text_block();
+            break;
+        case heap_kind::tuple: {
+            auto* t = static_cast<tuple_block*>(block);
+            for (std::size_t i = t->count; i-- > 0;) t->items()[i].~neutral_value();
+            t->~tuple_block();
+            break;
+        }
+        case heap_kind::map:
+            static_cast<map_block*>(block)->~map_block();
+            break;
+    }
+    free_block(block);
+}
+
+inline bool neutral_value::numeric_equal(const neutral_value& a, const neutral_value& b) noexcept {
+    // Different numeric kinds (the caller handled equal kinds). bool acts as the int 0 or 1.
+    const neutral_value* x = &a;
+    const neutral_value* y = &b;
+    if (x->kind_ > y->kind_) std::swap(x, y);  // order: boolean < small_int < floating < big_int
+    if (x->kind_ == kind::boolean) {
+        const std::int64_t i = x->u_.b ? 1 : 0;
+        switch (y->kind_) {
+            case kind::small_int: return y->u_.i == i;
+            case kind::floating: return y->u_.d == static_cast<double>(i);
+            default: return false;  // a big int is never 0 or 1
+        }
+    }
+    if (x->kind_ == kind::small_int) {
+        if (y->kind_ == kind::floating) return neutral_detail::double_equals_int64(y->u_.d, x->u_.i);
+        return false;  // small vs big: canonical forms never meet
+    }
+    // floating vs big_int
+    const auto* big = y->big();
+    return neutral_detail::double_equals_big(x->u_.d, big->negative, big->limbs(), big->count);
+}
+
+inline bool neutral_value::equal(const neutral_value& a, const neutral_value& b) noexcept {
+    if (a.kind_ != b.kind_) {
+        const bool an = a.kind_ >= kind::boolean && a.kind_ <= kind::big_int;
+        const bool bn = b.kind_ >= kind::boolean && b.kind_ <= kind::big_int;
+        return an && bn && numeric_equal(a, b);
+    }
+    switch (a.kind_) {
+        case kind::none: return true;
+        case kind::boolean: return a.u_.b == b.u_.b;
+        case kind::small_int: return a.u_.i == b.u_.i;
+        case kind::floating:
+            return a.u_.d == b.u_.d || (std::isnan(a.u_.d) && std::isnan(b.u_.d));
+        case kind::big_int: {
+            if (a.u_.p == b.u_.p) return true;
+            const auto *x = a.big(), *y = b.big();
+            return x->negative == y->negative && neutral_detail::limbs_equal(x->limbs(), x->count, y->limbs(), y->count);
+        }
+        case kind::str:
+        case kind::bytes: {
+            if (a.u_.p == b.u_.p) return true;
+            const auto *x = a.text(), *y = b.text();
+            return x->hash == y->hash && x->size == y->size && std::memcmp(x->data(), y->data(), x->size) == 0;
+        }
+        case kind::tuple: {
+            if (a.u_.p == b.u_.p) return true;
+            const std::size_t n = a.tuple_size();
+            if (n != b.tuple_size()) return false;
+            const neutral_value* x = a.tuple_data();
+            const neutral_value* y = b.tuple_data();
+            for (std::size_t i = 0; i < n; ++i) {
+                if (!(x[i] == y[i])) return false;
+            }
+            return true;
+        }
+        case kind::map: {
+            if (a.u_.p == b.u_.p) return true;
+            const auto* x = static_cast<const neutral_detail::map_block*>(a.u_.p);
+            const auto* y = static_cast<const neutral_detail::map_block*>(b.u_.p);
+            const std::uint64_t hx = x->hash.load(std::memory_order_relaxed);
+            const std::uint64_t hy = y->hash.load(std::memory_order_relaxed);
+            if (hx != 0 && hy != 0 && hx != hy) return false;  // both cached: a cheap reject
+            return x->map == y->map;
+        }
+    }
+    return false;
+}
+
+inline hash_t neutral_value::hash() const noexcept {
+    using namespace neutral_detail;
+    switch (kind_) {
+        case kind::none: return 0xFCA86420FCA86420ull;  // any constant: None equals only None
+        case kind::boolean: return u_.b ? 1 : 0;
+        case kind::small_int: return hash_int64(u_.i);
+        case kind::floating: return hash_double(u_.d);
+        case kind::big_int: return big()->hash;
+        case kind::str:
+        case kind::bytes: return text()->hash;
+        case kind::tuple: {
+            auto* t = static_cast<tuple_block*>(u_.p);
+            std::uint64_t h = t->hash.load(std::memory_order_relaxed);
+            if (h != 0) return h;
+            std::uint64_t acc = xx_prime_5 ^ tuple_seed;
+            for (std::size_t i = 0; i < t->count; ++i) {
+                acc += t->items()[i].hash() * xx_prime_2;
+                acc = rotl(acc, 31);
+                acc *= xx_prime_1;
+            }
+            acc += static_cast<std::uint64_t>(t->count) ^ (xx_prime_5 ^ 3527539ull);
+            h = acc == 0 ? hash_zero_substitute : acc;
+            t->hash.store(h, std::memory_order_relaxed);  // idempotent: racing threads store the same
+            return h;
+        }
+        case kind::map: {
+            auto* m = static_cast<map_block*>(u_.p);
+            std::uint64_t h = m->hash.load(std::memory_order_relaxed);
+            if (h != 0) return h;
+            // Order-independent: a sum over entries, each mixing its key's and value's hashes.
+            std::uint64_t acc = map_seed ^ mix64(static_cast<std::uint64_t>(m->map.size()));
+            for (const auto& e : m->map) acc += mix64(e.first.hash() ^ rotl(mix64(e.second.hash() + map_seed), 17));
+            h = acc == 0 ? hash_zero_substitute : acc;
+            m->hash.store(h, std::memory_order_relaxed);
+            return h;
+        }
+    }
+    return 0;
+}
+
+inline void neutral_value::repr_into(std::string& out) const {
+    switch (kind_) {
+        case kind::none: out += "None"; return;
+        case kind::boolean: out += u_.b ? "True" : "False"; return;
+        case kind::small_int: out += std::to_string(u_.i); return;
+        case kind::big_int:
+            if (big()->negative) out += '-';
+            out += neutral_detail::magnitude_to_decimal(big()->limbs(), big()->count);
+            return;
+        case kind::floating: {
+            const double d = u_.d;
+            if (std::isnan(d)) {
+                out += "nan";
+                return;
+            }
+            if (std::isinf(d)) {
+                out += d > 0 ? "inf" : "-inf";
+                return;
+            }
+            // The shortest %g form that reads back as the same double (close to Python's repr).
+            char buf[40];
+            for (int precision = 1; precision <= 17; ++precision) {
+                std::snprintf(buf, sizeof buf, "%.*g", precision, d);
+                if (std::strtod(buf, nullptr) == d) break;
+            }
+            std::string s(buf);
+            if (s.find_first_of(".en") == std::string::npos) s += ".0";
+            out += s;
+            return;
+        }
+        case kind::str:
+        case kind::bytes: {
+            if (kind_ == kind::bytes) out += 'b';
+            out += '\'';
+            for (const char c : str_view()) {
+                const auto u = static_cast<unsigned char>(c);
+                if (c == '\'' || c == '\\') {
+                    out += '\\';
+                    out += c;
+                } else if (u < 0x20 || u == 0x7F || (kind_ == kind::bytes && u >= 0x80)) {
+                    char buf[8];
+                    std::snprintf(buf, sizeof buf, "\\x%02x", u);
+                    out += buf;
+                } else {
+                    out += c;
+                }
+            }
+            out += '\'';
+            return;
+        }
+        case kind::tuple: {
+            out += '(';
+            const std::size_t n = tuple_size();
+            for (std::size_t i = 0; i < n; ++i) {
+                if (i) out += ", ";
+                tuple_data()[i].repr_into(out);
+            }
+            if (n == 1) out += ',';
+            out += ')';
+            return;
+        }
+        case kind::map: {
+            out += '{';
+            bool first = true;
+            for (const auto& e : as_map()) {
+                if (!first) out += ", ";
+                first = false;
+                e.first.repr_into(out);
+                out += ": ";
+                e.second.repr_into(out);
+            }
+            out += '}';
+            return;
+        }
+    }
+}
+
+inline std::string neutral_value::repr() const {
+    std::string out;
+    repr_into(out);
+    return out;
+}
+
+}  // namespace pypersistent
