@@ -2,8 +2,9 @@
 # The project's whole test run, as CI does it: C++ unit tests and stress (plain, TSan,
 # ASan/UBSan), the pytest suite on the default Python and on free-threaded 3.13t (also with
 # every test on several threads at once), the Python stress suite on 3.13t and under a TSan
-# interpreter, the C++ host examples (embedding included), a smoke test on the other GIL
-# Pythons pyenv provides, and an editable install (`pip install -e .`).
+# interpreter, the C++ host examples (embedding included), manylinux wheels for every Python
+# pyenv provides and for 3.13t installed and tested without a compiler, and an editable install
+# (`pip install -e .`).
 #
 #   bash scripts/test.sh            # everything, short stress modes (CI)
 #   bash scripts/test.sh --long     # the same with the long stress modes
@@ -75,19 +76,8 @@ bash scripts/run-python-stress.sh "--$mode" --flavour both
 step "C++ hosts: core-only host, CMake consumers, embedding host on 3.11, 3.13t and TSan ($mode)"
 bash scripts/run-host-examples.sh "--$mode"
 
-step "GIL builds from pyenv: install and smoke test"
-for v in 3.10 3.12 3.13; do
-    py=$(ls -d "$HOME"/.pyenv/versions/"$v".*/bin/python3 2>/dev/null | sort -V | tail -n 1 || true)
-    if [ -z "$py" ]; then
-        echo "Python $v: not installed by pyenv here, skipped"
-        continue
-    fi
-    venv="build/venv-$v"
-    [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q . pytest
-    "$venv/bin/python" examples/demo.py >/dev/null
-    (cd tests && "../$venv/bin/python" -m pytest -q -p no:cacheprovider test_api.py test_protocols.py test_transient.py) | tail -n 1
-done
+step "wheels for every pyenv Python (3.10-3.13) and 3.13t: build, auditwheel repair, layout, install with --no-index and no compiler, demo and tests"
+bash scripts/check-wheels.sh
 
 step "editable install (pip install -e .) on the default Python: imports come from the source tree"
 editable_venv=build/venv-editable
