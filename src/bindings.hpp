@@ -68,6 +68,11 @@ struct module_state {
     PyTypeObject* set_type = nullptr;
     PyTypeObject* transient_set_type = nullptr;
     PyTypeObject* set_iterator_type = nullptr;
+    // SharedMap, its iterator and transient, SharedAtom (shared_object.cpp).
+    PyTypeObject* shared_map_type = nullptr;
+    PyTypeObject* shared_map_iterator_type = nullptr;
+    PyTypeObject* transient_shared_map_type = nullptr;
+    PyTypeObject* shared_atom_type = nullptr;
     // Struct sequences (named tuples) that diff() returns; made in module.cpp.
     PyTypeObject* map_diff_type = nullptr;
     PyTypeObject* set_diff_type = nullptr;
@@ -339,5 +344,9 @@ extern PyType_Spec list_iterator_spec;
 extern PyType_Spec set_spec;
 extern PyType_Spec transient_set_spec;
 extern PyType_Spec set_iterator_spec;
+extern PyType_Spec shared_map_spec;            // shared_object.cpp
+extern PyType_Spec shared_map_iterator_spec;
+extern PyType_Spec transient_shared_map_spec;
+extern PyType_Spec shared_atom_spec;
 
 }  // namespace pypersistent::python

@@ -85,6 +85,10 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
         {&set_spec, &module_state::set_type, "PersistentSet"},
         {&transient_set_spec, &module_state::transient_set_type, "TransientSet"},
         {&set_iterator_spec, &module_state::set_iterator_type, "PersistentSetIterator"},
+        {&shared_map_spec, &module_state::shared_map_type, "SharedMap"},
+        {&shared_map_iterator_spec, &module_state::shared_map_iterator_type, "SharedMapIterator"},
+        {&transient_shared_map_spec, &module_state::transient_shared_map_type, "TransientSharedMap"},
+        {&shared_atom_spec, &module_state::shared_atom_type, "SharedAtom"},
     };
     std::vector<py::object> types;
     for (const type_row& row : type_table) {

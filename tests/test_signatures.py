@@ -11,6 +11,7 @@ import inspect
 import pathlib
 import sys
 import types
+import uuid
 
 import pytest
 
@@ -26,9 +27,12 @@ from pypersistent import (
     PersistentMapValues,
     PersistentSet,
     PersistentSetIterator,
+    SharedAtom,
+    SharedMap,
     TransientList,
     TransientMap,
     TransientSet,
+    TransientSharedMap,
 )
 
 # ---- what is public -------------------------------------------------------------------------
@@ -139,6 +143,9 @@ def instance_of(tp):
         PersistentMapIterator: lambda: iter(PersistentMap({1: 2})),
         PersistentListIterator: lambda: iter(PersistentList([1])),
         PersistentSetIterator: lambda: iter(PersistentSet([1])),
+        SharedMap: lambda: SharedMap({1: 2, 3: 4}),
+        TransientSharedMap: lambda: SharedMap({1: 2, 3: 4}).transient(),
+        SharedAtom: lambda: SharedAtom(f"test_signatures-{uuid.uuid4()}"),  # a cell of its own
     }
     return makers[tp]()
 
@@ -172,6 +179,8 @@ def sample_for(tp, name, param):
         return _watcher  # every sample Atom watches it
     if tp is PersistentList and name == "index" and param.name == "value":
         return 2  # must be in the list
+    if tp is SharedAtom and name == "compare_and_set" and param.name == "expected":
+        return SharedMap()
     if tp is PersistentMapKeys or tp is PersistentMapItems:
         return [(7, 8)]
     return SAMPLES[param.name]

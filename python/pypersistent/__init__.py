@@ -34,6 +34,10 @@ from ._pypersistent import (
     PersistentListIterator,
     PersistentSet,
     PersistentSetIterator,
+    SharedAtom,
+    SharedMap,
+    SharedMapIterator,
+    TransientSharedMap,
     SetDiff,
     TransientList,
     TransientMap,
@@ -50,6 +54,7 @@ __all__ = ["Atom", "PersistentMap", "TransientMap", "PersistentDict", "Persisten
 __all__ += ["PersistentList", "TransientList"]
 __all__ += ["PersistentSet", "TransientSet"]
 __all__ += ["freeze", "thaw"]
+__all__ += ["SharedMap", "TransientSharedMap", "SharedAtom"]
 
 _abc.Mapping.register(PersistentMap)
 _abc.MutableMapping.register(TransientMap)
@@ -61,6 +66,8 @@ _abc.Sequence.register(PersistentList)
 _abc.Iterator.register(PersistentListIterator)
 _abc.Set.register(PersistentSet)
 _abc.Iterator.register(PersistentSetIterator)
+_abc.Mapping.register(SharedMap)
+_abc.Iterator.register(SharedMapIterator)
 
 
 def _convert(obj, strict, to_persistent):

@@ -1,0 +1,195 @@
+"""SharedMap and SharedAtom across subinterpreters (issue 14).
+
+The module is per interpreter, but the named cells of SharedAtom are per process (one
+extension DSO), so every interpreter that opens SharedAtom("x") sees the same cell: a map
+built in one interpreter is read by another in O(1). A SharedMap's nodes hold no PyObject*, so
+an interpreter may be destroyed while others still use the maps it built.
+
+A cell lives while a handle to it is open: each test opens its cells in the main interpreter
+first, so they outlive the subinterpreters that write them.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import import_roots
+
+from pypersistent import SharedAtom, SharedMap
+
+# Subinterpreters as tests/test_interpreters.py runs them: concurrent.interpreters (PEP 734) on
+# 3.14+, the private _interpreters on 3.13; older versions skip.
+try:  # 3.14+
+    from concurrent import interpreters as _high_level
+except ImportError:
+    _high_level = None
+
+try:  # 3.13+
+    import _interpreters as _low_level
+except ImportError:
+    _low_level = None
+
+pytestmark = [
+    pytest.mark.skipif(
+        sys.version_info < (3, 13) or (_high_level is None and _low_level is None),
+        reason="needs concurrent.interpreters (Python 3.14+) or _interpreters (3.13)",
+    ),
+    # Interpreters and threads of their own, and process-wide cells: one test thread at a time
+    # under pytest-run-parallel.
+    pytest.mark.thread_unsafe,
+]
+
+
+def run_in_subinterpreter(code: str) -> str | None:
+    """Run code in a new isolated subinterpreter (own GIL) and destroy it. Returns None on
+    success, or a description of the exception that escaped from code."""
+    if _high_level is not None:
+        interp = _high_level.create()
+        try:
+            try:
+                interp.exec(code)
+            except _high_level.ExecutionFailed as exc:
+                return str(exc)
+            return None
+        finally:
+            interp.close()
+    interp_id = _low_level.create(_low_level.new_config("isolated"))
+    try:
+        excinfo = _low_level.run_string(interp_id, code)
+        if excinfo is None:
+            return None
+        described = getattr(excinfo, "errdisplay", None) or getattr(excinfo, "formatted", None)
+        return described or repr(excinfo)
+    finally:
+        _low_level.destroy(interp_id)
+
+
+def script(body: str, **constants: object) -> str:
+    prelude = f"import sys\nsys.path[:0] = {import_roots()!r}\n"
+    prelude += "".join(f"{name} = {value!r}\n" for name, value in constants.items())
+    return prelude + textwrap.dedent(body)
+
+
+def cell_name(what: str) -> str:
+    return f"t-{what}-{uuid.uuid4()}"
+
+
+BUILD_BIG = """
+from pypersistent import SharedAtom, SharedMap
+t = SharedMap().transient()
+for i in range(N):
+    t[i] = ("v", i, str(i), i * 0.5, 2**70 + i)
+t["nested"] = SharedMap({"s": "é\U0001f600", "b": b"\\x00\\xff"})
+m = t.persistent()
+assert len(m) == N + 1
+SharedAtom(NAME).reset(m)
+"""
+
+
+def test_map_built_in_a_subinterpreter_is_read_in_main():
+    name = cell_name("handover")
+    atom = SharedAtom(name)  # keeps the cell open across the subinterpreter's lifetime
+    n = 10_000
+    result = run_in_subinterpreter(script(BUILD_BIG, NAME=name, N=n))
+    assert result is None, result
+    start = time.perf_counter()
+    m = atom.deref()
+    elapsed = time.perf_counter() - start
+    assert len(m) == n + 1
+    assert elapsed < 0.5, f"deref took {elapsed:.3f}s: not an O(1) hand-over"
+    assert m[1234] == ("v", 1234, "1234", 617.0, 2**70 + 1234)
+    assert m[9999.0] == ("v", 9999, "9999", 4999.5, 2**70 + 9999)
+    assert m["nested"] == {"s": "é\U0001f600", "b": b"\x00\xff"} and type(m["nested"]) is SharedMap
+    expected = {i: ("v", i, str(i), i * 0.5, 2**70 + i) for i in range(n)}
+    expected["nested"] = SharedMap({"s": "é\U0001f600", "b": b"\x00\xff"})
+    assert m == expected
+    # main builds on the map the (now destroyed) interpreter made
+    m2 = m.set("main", True).delete(0)
+    assert len(m2) == n + 1 and m2["main"] is True and 0 in m and 0 not in m2
+
+
+COUNT = """
+from pypersistent import SharedAtom
+atom = SharedAtom(NAME)
+
+def bump(m, key):
+    return m.set(key, m.get(key, 0) + 1).set("total", m.get("total", 0) + 1)
+
+for _ in range(SWAPS):
+    atom.swap(bump, KEY)
+"""
+
+
+def test_interpreters_on_threads_lose_no_update():
+    name = cell_name("counters")
+    atom = SharedAtom(name)
+    n_interpreters, swaps = 8, 2_000
+    results: list[str | None] = ["not run"] * n_interpreters
+    barrier = threading.Barrier(n_interpreters + 1)
+
+    def worker(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = run_in_subinterpreter(script(COUNT, NAME=name, KEY=f"c{index}", SWAPS=swaps))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[index] = f"harness error: {exc!r}"
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_interpreters)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    # Snapshots read meanwhile are consistent: every swap moves a counter and the total together.
+    snapshots = 0
+    while any(t.is_alive() for t in threads):
+        m = atom.deref()
+        counters = [m.get(f"c{i}", 0) for i in range(n_interpreters)]
+        assert m.get("total", 0) == sum(counters), dict(m)
+        snapshots += 1
+        time.sleep(0.001)
+    for t in threads:
+        t.join(300)
+    for index, result in enumerate(results):
+        assert result is None, f"interpreter {index}: {result}"
+    final = atom.deref()
+    assert final["total"] == n_interpreters * swaps
+    assert all(final[f"c{i}"] == swaps for i in range(n_interpreters))
+    assert snapshots > 0
+
+
+DERIVE = """
+from pypersistent import SharedAtom, SharedMap
+src = SharedAtom(SOURCE).deref()
+assert src["round"] == ROUND - 1 or ROUND == 0
+out = src.set("round", ROUND).set(("r", ROUND), SharedMap({"big": 2**100 + ROUND, "s": "x" * ROUND}))
+SharedAtom(NAME).reset(out)
+"""
+
+
+def test_maps_outlive_the_interpreters_that_built_them():
+    rounds = 12
+    source = SharedAtom(cell_name("chain"))
+    source.reset({"round": -1})
+    kept = []
+    for r in range(rounds):
+        name = cell_name(f"round{r}")
+        atom = SharedAtom(name)
+        result = run_in_subinterpreter(script(DERIVE, SOURCE=source.name, NAME=name, ROUND=r))
+        assert result is None, result
+        m = atom.deref()
+        del atom  # the cell closes; the map lives on in main
+        kept.append(m)
+        source.reset(m)  # the next interpreter derives from this one
+    # every interpreter is gone: all the maps still work
+    for r, m in enumerate(kept):
+        assert m["round"] == r
+        assert len(m) == r + 2
+        for j in range(r + 1):
+            assert m[("r", j)] == {"big": 2**100 + j, "s": "x" * j}
+        assert hash(m) == hash(SharedMap(m.to_dict()))
+        assert m.set("extra", 1)["extra"] == 1
+    assert kept[-1].to_persistent()["round"] == rounds - 1

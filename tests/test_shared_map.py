@@ -1,0 +1,405 @@
+"""SharedMap and SharedAtom (issue 14): the interpreter-neutral map and its process-wide cells.
+
+A SharedMap stores converted values (None, bool, int, float, str, bytes, tuples of these and
+SharedMaps; exact types only) and gives back new, equal Python objects of the same types.
+Python's numeric equality holds for keys (1 == 1.0 == True are one key); the core makes all
+NaNs one key (a neutral value has no identity), where dict keeps distinct NaN objects apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import math
+import pickle
+import threading
+import uuid
+import weakref
+from collections import abc
+from collections import namedtuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pypersistent import PersistentMap, SharedAtom, SharedMap, TransientSharedMap
+
+# ---- strategies --------------------------------------------------------------------------
+
+BIG_INTS = [2**63, -(2**63), 2**63 - 1, -(2**63) - 1, 2**64, -(2**64), 2**200, -(2**200) + 7]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from(BIG_INTS),
+    st.floats(allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1.0, 0.5, math.inf, -math.inf, 2.0**63, -(2.0**63), 2.0**64]),
+    st.text(max_size=8),
+    st.sampled_from(["", "a", "é", "日本", "\U0001f600", "a\U00010348b", "\ud800", "x\udfffy", "ÿ", "Ā"]),
+    st.binary(max_size=8),
+)
+keys = st.recursive(scalars, lambda inner: st.tuples(inner, inner) | st.tuples(inner), max_leaves=4)
+values = st.recursive(
+    scalars,
+    lambda inner: st.tuples(inner, inner) | st.lists(st.tuples(keys, inner), max_size=3).map(SharedMap),
+    max_leaves=6,
+)
+
+
+def same_typed(a, b):
+    """a == b with the same types all the way down (so 1 and 1.0 differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(same_typed(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return a == b
+
+
+# ---- differential test against dict ------------------------------------------------------
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), keys, values),
+        st.tuples(st.just("delete"), keys, st.none()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(ops)
+def test_differential_against_dict(operations):
+    d = {}
+    m = SharedMap()
+    versions = []
+    for op, k, v in operations:
+        versions.append((m, dict(d)))
+        if op == "set":
+            d[k] = v
+            m = m.set(k, v)
+        else:
+            d.pop(k, None)
+            m = m.delete(k)
+        assert len(m) == len(d)
+    assert m == d and d == m
+    assert m == SharedMap(d)
+    for k, v in d.items():
+        assert k in m
+        assert same_typed(m[k], v)
+        assert m.get(k) == v
+    assert set(m) == set(d)
+    # old versions are unchanged
+    for old, expected in versions:
+        assert old == expected and len(old) == len(expected)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(values)
+def test_values_read_back_with_their_types(v):
+    m = SharedMap({"v": v})
+    assert same_typed(m["v"], v)
+    assert m == {"v": v}
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(keys)
+def test_keys_read_back_with_their_types(k):
+    m = SharedMap([(k, 1)])
+    (back,) = list(m)
+    assert same_typed(back, k)
+    assert k in m and m[k] == 1
+
+
+# ---- Python's equality rules ---------------------------------------------------------------
+
+
+def test_numeric_keys_are_one_key():
+    m = SharedMap({1: "int"})
+    assert m[1.0] == "int" and m[True] == "int"
+    m2 = m.set(True, "bool").set(1.0, "float")
+    assert len(m2) == 1 and m2[1] == "float"
+    # the first key stays, as in dict
+    assert type(next(iter(m2))) is int
+    d = {1: "int"}
+    d[True] = "bool"
+    d[1.0] = "float"
+    assert m2 == d
+
+
+def test_zero_signs():
+    m = SharedMap({0.0: "a"})
+    assert m[-0.0] == "a" and m[0] == "a" and m[False] == "a"
+    assert len(m.set(-0.0, "b")) == 1
+    assert math.copysign(1, SharedMap({"x": -0.0})["x"]) == -1
+
+
+def test_nan_is_one_key():
+    # The core's choice: every NaN is the same key (dict keeps distinct NaN objects apart).
+    nan1, nan2 = float("nan"), float("nan")
+    m = SharedMap().set(nan1, 1).set(nan2, 2)
+    assert len(m) == 1 and m[float("nan")] == 2
+    assert SharedMap({"x": nan1}) == SharedMap({"x": nan2})
+    assert SharedMap({"x": nan1}) == {"x": nan2}  # compared as neutral values
+    assert math.isnan(SharedMap({"x": nan1})["x"])
+
+
+def test_big_ints():
+    for i in BIG_INTS + [2**1000, -(2**1000), 10**30]:
+        m = SharedMap({i: i, "v": i})
+        assert m[i] == i and type(m["v"]) is int and m["v"] == i
+        assert i in m and i + 1 not in m
+    assert SharedMap({2**63: 1})[float(2**63)] == 1
+    assert 2**53 + 1 not in SharedMap({float(2**53 + 1): 1})  # ints and floats compare exactly
+
+
+def test_strings():
+    for s in ["", "ascii", "é", "ÿ", "Ā", "日本語", "\U0001f600", "\ud800", "a\udc80b", "\x00nul"]:
+        m = SharedMap({s: s})
+        assert m[s] == s and same_typed(m[s], s)
+        assert next(iter(m)) == s
+        long = s * 300  # beyond the probe's inline capacity
+        assert SharedMap({long: 1})[long] == 1
+
+
+def test_bytes_and_str_are_distinct():
+    m = SharedMap({"a": 1, b"a": 2})
+    assert len(m) == 2 and m["a"] == 1 and m[b"a"] == 2
+    assert sorted(map(type, m.keys_list()), key=repr) == [bytes, str]
+    with pytest.raises(TypeError):  # unhashable, as in dict
+        bytearray(b"a") in m
+
+
+def test_nested_tuples_and_maps():
+    inner = SharedMap({"x": (1, (2.5, "s", b"b", None, True))})
+    m = SharedMap({(1, (2, 3)): inner, "t": ((), (1,))})
+    assert m[(1, (2, 3))] == inner and m[(1.0, (2, 3.0))] == inner
+    assert type(m[(1, (2, 3))]) is SharedMap
+    assert m["t"] == ((), (1,))
+    assert m[(1, (2, 3))]["x"][1][1] == "s"
+    assert SharedMap({inner: 1})[SharedMap({"x": (1, (2.5, "s", b"b", None, True))})] == 1
+
+
+# ---- type errors ----------------------------------------------------------------------------
+
+
+class MyStr(str):
+    pass
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+Point = namedtuple("Point", "x y")
+
+
+@pytest.mark.parametrize(
+    "bad, name",
+    [([1], "list"), ({}, "dict"), (set(), "set"), (object(), "object"), (MyStr("a"), "MyStr"),
+     (Color.RED, "Color"), (Point(1, 2), "Point"), ((1, [2]), "list"), (PersistentMap(), "PersistentMap")],
+)
+def test_unsupported_values_raise_type_error(bad, name):
+    message = "SharedMap keys and values must be None, bool, int, float, str, bytes, tuples of these or SharedMap, not " + name
+    with pytest.raises(TypeError) as info:
+        SharedMap({"k": bad})
+    assert str(info.value).startswith(message)
+    with pytest.raises(TypeError):
+        SharedMap().set("k", bad)
+    with pytest.raises(TypeError):
+        SharedMap(k=bad)
+    try:
+        hash(bad)
+    except TypeError:
+        return
+    with pytest.raises(TypeError):
+        SharedMap({bad: 1})
+
+
+def test_lookups_with_subclasses_and_other_types():
+    m = SharedMap({"a": 1, 1: "one", (1, 2): "t"})
+    assert m[MyStr("a")] == 1 and MyStr("a") in m
+    assert m[Color.RED] == "one"
+    assert m[Point(1, 2)] == "t"
+    assert object() not in m and m.get(object(), "d") == "d"
+    with pytest.raises(KeyError):
+        m[object()]
+    with pytest.raises(TypeError):
+        m[[1]]
+    with pytest.raises(TypeError):
+        [1] in m
+    assert m.delete(object()) is m
+
+
+# ---- the Mapping API --------------------------------------------------------------------------
+
+
+def test_mapping_api():
+    m = SharedMap({"a": 1, "b": 2}, c=3)
+    assert isinstance(m, abc.Mapping)
+    assert len(m) == 3 and sorted(m) == ["a", "b", "c"]
+    assert sorted(m.keys()) == ["a", "b", "c"] and isinstance(m.keys(), abc.KeysView)
+    assert sorted(m.values()) == [1, 2, 3] and isinstance(m.values(), abc.ValuesView)
+    assert sorted(m.items()) == [("a", 1), ("b", 2), ("c", 3)] and isinstance(m.items(), abc.ItemsView)
+    assert m.keys() & {"a", "z"} == {"a"}
+    assert ("a", 1) in m.items()
+    assert sorted(m.items_list()) == sorted(m.items())
+    assert m.get("zz") is None and m.get("zz", 5) == 5
+    with pytest.raises(KeyError) as info:
+        m["zz"]
+    assert info.value.args == ("zz",)
+    with pytest.raises(KeyError) as info:
+        m[(1, 2)]
+    assert info.value.args == ((1, 2),)
+    assert SharedMap([("a", 1)]) == {"a": 1}
+    assert SharedMap(PersistentMap({"a": 1})) == {"a": 1}
+    assert SharedMap(m) is m
+    assert SharedMap.from_dict({"x": 1}) == {"x": 1}
+    assert m.to_dict() == {"a": 1, "b": 2, "c": 3} and type(m.to_dict()) is dict
+    p = m.to_persistent()
+    assert type(p) is PersistentMap and p == m and m == p
+    assert hash(p) == hash(m)
+    assert SharedMap[str, int] is not None
+    assert repr(SharedMap({"a": 1})) == "SharedMap({'a': 1})"
+    assert repr(SharedMap()) == "SharedMap({})"
+    assert (m == [1]) is False and m != 5
+    assert m != {"a": 1} and m != {"a": 1, "b": 2, "c": 4} and m != {"a": 1, "b": 2, "d": 3}
+
+
+def test_hash():
+    a = SharedMap({"a": 1, "b": (1, 2.5, "x", b"y", None)})
+    b = SharedMap([("b", (1.0, 2.5, "x", b"y", None)), ("a", True)])
+    assert a == b and hash(a) == hash(b)
+    assert hash(SharedMap({"n": SharedMap({"x": 1})})) == hash(SharedMap({"n": SharedMap({"x": 1.0})}))
+    assert hash(SharedMap()) == hash(PersistentMap())
+    assert hash(a) == hash(PersistentMap({"a": 1, "b": (1, 2.5, "x", b"y", None)}))
+    assert len({a, b}) == 1
+    mixed = {2**70: 1.5, -(2**64): -0.25, 0.1: None, -7: ("é", b""), True: 2**100}
+    assert hash(SharedMap(mixed)) == hash(PersistentMap(mixed))
+
+
+def test_persistent_updates_leave_old_versions():
+    m1 = SharedMap({"a": 1})
+    m2 = m1.set("b", 2)
+    m3 = m2.delete("a")
+    m4 = m3.update({"c": 3}, d=4)
+    m5 = m4 | {"e": 5}
+    m6 = {"z": 0} | m5
+    assert m1 == {"a": 1} and m2 == {"a": 1, "b": 2} and m3 == {"b": 2}
+    assert m4 == {"b": 2, "c": 3, "d": 4} and m4.merge(m1) == {"a": 1, "b": 2, "c": 3, "d": 4}
+    assert m5 == {"b": 2, "c": 3, "d": 4, "e": 5} and type(m6) is SharedMap and m6["z"] == 0
+    assert m1.set("a", 1) is m1 and m1.delete("zz") is m1 and m1.update() is m1
+    assert m1.assoc("q", 1) == m1.set("q", 1) and m2.dissoc("b") == m1
+
+
+def test_pickle_copy_weakref():
+    m = SharedMap({"a": (1, 2**100), "n": SharedMap({b"x": None})})
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(m, proto))
+        assert back == m and type(back) is SharedMap and type(back["n"]) is SharedMap
+    assert copy.copy(m) is m and copy.deepcopy(m) is m and m.copy() is m
+    r = weakref.ref(m)
+    assert r() is m
+
+
+def test_transient():
+    m = SharedMap({"a": 1})
+    t = m.transient()
+    assert type(t) is TransientSharedMap
+    t["b"] = 2
+    t[1] = (1, "x")
+    del t["a"]
+    assert len(t) == 2 and t["b"] == 2 and "b" in t and "a" not in t
+    with pytest.raises(KeyError):
+        t["a"]
+    with pytest.raises(KeyError):
+        del t["a"]
+    with pytest.raises(TypeError):
+        t["c"] = [1]
+    result = t.persistent()
+    assert result == {"b": 2, 1: (1, "x")} and m == {"a": 1}
+    assert t.persistent() is result
+    with pytest.raises(RuntimeError):
+        t["x"] = 1
+    with SharedMap().transient() as t2:
+        t2["k"] = "v"
+    assert t2.persistent() == {"k": "v"}
+    assert "TransientSharedMap" in repr(SharedMap({"a": 1}).transient())
+
+
+# ---- SharedAtom -------------------------------------------------------------------------------
+
+
+def fresh_name():
+    return f"test-shared-{uuid.uuid4()}"
+
+
+def test_atom_basics():
+    name = fresh_name()
+    a = SharedAtom(name)
+    assert a.name == name and repr(a) == f"SharedAtom({name!r})"
+    assert a.deref() == {} and type(a.value) is SharedMap
+    old = a.reset({"x": 1})
+    assert old == {} and a.deref() == {"x": 1}
+    b = SharedAtom(name)  # the same cell
+    assert b.deref() == {"x": 1}
+    seen = b.deref()
+    assert b.compare_and_set(seen, SharedMap({"x": 2}))
+    assert not a.compare_and_set(seen, {"x": 3})  # seen is no longer the current version
+    assert a.deref() == {"x": 2}
+    result = a.swap(lambda m, k, v=0: m.set(k, v), "y", v=5)
+    assert result == {"x": 2, "y": 5} and b.deref() == result
+    assert a.swap(lambda m: {"plain": "dict"}) == {"plain": "dict"}
+    with pytest.raises(TypeError):
+        a.reset([1])
+    with pytest.raises(TypeError):
+        a.swap(lambda m: 5)
+    with pytest.raises(ZeroDivisionError):
+        a.swap(lambda m: 1 / 0)
+    assert a.deref() == {"plain": "dict"}
+    with pytest.raises(TypeError):
+        a.compare_and_set({}, {})
+    assert weakref.ref(a)() is a
+
+
+def test_atom_cell_lives_while_handles_do():
+    name = fresh_name()
+    SharedAtom(name).reset({"gone": True})  # the only handle closes at once
+    assert SharedAtom(name).deref() == {}
+    keep = SharedAtom(name)
+    keep.reset({"kept": True})
+    assert SharedAtom(name).deref() == {"kept": True}
+
+
+def test_atom_threads_lose_no_update():
+    name = fresh_name()
+    atom = SharedAtom(name)
+    n_threads, n_swaps = 8, 500
+    barrier = threading.Barrier(n_threads)
+    errors = []
+
+    def bump(m, key):
+        return m.set(key, m.get(key, 0) + 1).set("total", m.get("total", 0) + 1)
+
+    def worker(i):
+        try:
+            mine = SharedAtom(name)
+            barrier.wait()
+            for _ in range(n_swaps):
+                mine.swap(bump, f"t{i}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    final = atom.deref()
+    assert final["total"] == n_threads * n_swaps
+    assert all(final[f"t{i}"] == n_swaps for i in range(n_threads))
