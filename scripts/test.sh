@@ -2,7 +2,8 @@
 # The project's whole test run, as CI does it: C++ unit tests and stress (plain, TSan,
 # ASan/UBSan), the pytest suite on the default Python and on free-threaded 3.13t (also with
 # every test on several threads at once), the Python stress suite on 3.13t and under a TSan
-# interpreter, the C++ host examples (embedding included), manylinux wheels for every Python
+# interpreter, the C++ host examples (embedding included), the suite on CPython 3.14 and 3.15 (sid
+# chroot), manylinux wheels for every Python
 # pyenv provides and for 3.13t installed and tested without a compiler, and an editable install
 # (`pip install -e .`).
 #
@@ -75,6 +76,9 @@ bash scripts/run-python-stress.sh "--$mode" --flavour both
 
 step "C++ hosts: core-only host, CMake consumers, embedding host on 3.11, 3.13t and TSan ($mode)"
 bash scripts/run-host-examples.sh "--$mode"
+
+step "CPython 3.14 and 3.15 in a Debian sid chroot (made or reused): build, pytest -n $jobs"
+bash scripts/test-sid-pythons.sh --jobs "$jobs"
 
 step "wheels for every pyenv Python (3.10-3.13) and 3.13t: build, auditwheel repair, layout, install with --no-index and no compiler, demo and tests"
 bash scripts/check-wheels.sh

@@ -39,6 +39,8 @@ def test_import_keeps_gil_disabled():
 # Subinterpreters
 # --------------------------------------------------------------------------------------
 
+# 3.14+ runs the subinterpreters through the public concurrent.interpreters (PEP 734); 3.13
+# through the private _interpreters. 3.12's _xxsubinterpreters is not used: the tests skip.
 try:  # 3.14+
     from concurrent import interpreters as _high_level
 except ImportError:
@@ -51,8 +53,15 @@ except ImportError:
 
 needs_subinterpreters = pytest.mark.skipif(
     sys.version_info < (3, 13) or (_high_level is None and _low_level is None),
-    reason="needs the _interpreters module (Python 3.13+)",
+    reason="needs concurrent.interpreters (Python 3.14+) or _interpreters (3.13)",
 )
+
+
+def _assert_isolated(config: object) -> None:
+    # An interpreter with its own GIL, which refuses extensions that do not declare
+    # per-interpreter GIL support.
+    assert getattr(config, "gil", None) == "own", config
+    assert getattr(config, "check_multi_interp_extensions", None) is True, config
 
 
 def run_in_subinterpreter(code: str) -> str | None:
@@ -62,6 +71,9 @@ def run_in_subinterpreter(code: str) -> str | None:
     if _high_level is not None:
         interp = _high_level.create()
         try:
+            # create() makes an isolated interpreter; check it where the config is readable.
+            if _low_level is not None and hasattr(_low_level, "get_config"):
+                _assert_isolated(_low_level.get_config(interp.id))
             try:
                 interp.exec(code)
             except _high_level.ExecutionFailed as exc:
@@ -74,8 +86,7 @@ def run_in_subinterpreter(code: str) -> str | None:
     # explicitly anyway.  run_string() returns None on success and, if the code raised,
     # a types.SimpleNamespace describing the exception (type, msg, formatted, errdisplay).
     config = _low_level.new_config("isolated")
-    assert config.gil == "own"
-    assert config.check_multi_interp_extensions
+    _assert_isolated(config)
     interp_id = _low_level.create(config)
     try:
         excinfo = _low_level.run_string(interp_id, code)
@@ -146,6 +157,15 @@ lst.append(cyc)
 del lst, cyc
 gc.collect()
 """
+
+
+@needs_subinterpreters
+def test_subinterpreter_api_by_version():
+    # the tests below really use concurrent.interpreters from 3.14 on, _interpreters on 3.13
+    if sys.version_info >= (3, 14):
+        assert _high_level is not None, "concurrent.interpreters is missing on 3.14+"
+    else:
+        assert _high_level is None and _low_level is not None
 
 
 @needs_subinterpreters
