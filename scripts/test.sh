@@ -39,6 +39,15 @@ step() {
 step "system packages (apt)"
 bash scripts/install-system-deps.sh
 
+step "C++: warning-free with g++ and clang++ in C++17 and C++20 (-Wall -Wextra -Wpedantic -Werror)"
+if [ "$quick" = 1 ]; then
+    echo "skipped (--quick)"
+elif [ "$mode" = long ]; then
+    bash scripts/check-warnings.sh
+else
+    bash scripts/check-warnings.sh --builds gcc:20,clang:17
+fi
+
 step "C++: build, unit tests, short stress (ctest)"
 cmake -S . -B build/cpp -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DPYPERSISTENT_BUILD_TESTS=ON -DPYPERSISTENT_BUILD_STRESS=ON >/dev/null

@@ -69,6 +69,14 @@
 #include <new>
 #include <type_traits>
 #include <utility>
+#if !defined(__GNUC__) && !defined(__clang__) && defined(__has_include)
+#if __has_include(<version>)
+#include <version>  // __cpp_lib_bitops, for popcount() below
+#endif
+#if defined(__cpp_lib_bitops)
+#include <bit>
+#endif
+#endif
 
 #include "policy.hpp"
 
@@ -92,9 +100,15 @@ inline unsigned fragment(hash_t hash, unsigned shift) noexcept {
     return static_cast<unsigned>(hash >> shift) & 31u;
 }
 
+// GCC and clang (clang-cl too): the builtin, one POPCNT instruction with -mpopcnt (see
+// CMakeLists.txt). Elsewhere (MSVC): C++20's std::popcount, which MSVC's library dispatches to
+// POPCNT where the CPU has it; before C++20 the classic SWAR count, a dozen ALU operations.
+// (MSVC's __popcnt intrinsic is not used: it faults on CPUs without POPCNT.)
 inline unsigned popcount(std::uint32_t x) noexcept {
 #if defined(__GNUC__) || defined(__clang__)
     return static_cast<unsigned>(__builtin_popcount(x));
+#elif defined(__cpp_lib_bitops) && __cpp_lib_bitops >= 201907L
+    return static_cast<unsigned>(std::popcount(x));
 #else
     x = x - ((x >> 1) & 0x55555555u);
     x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);

@@ -11,6 +11,18 @@
 #include <type_traits>
 #include <utility>
 
+// Keeps a rarely taken slow path out of line, so that the fast path that calls it stays small
+// enough to inline. Only a hint: compilers without an equivalent get nothing.
+#if !defined(PYPERSISTENT_NOINLINE)
+#if defined(__GNUC__) || defined(__clang__)
+#define PYPERSISTENT_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define PYPERSISTENT_NOINLINE __declspec(noinline)
+#else
+#define PYPERSISTENT_NOINLINE
+#endif
+#endif
+
 namespace pypersistent {
 
 using hash_t = std::uint64_t;

@@ -114,9 +114,7 @@ public:
 private:
     // Out of line, so that release() stays small enough to inline into the loops that free a
     // node's values.
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((noinline))
-#endif
+    PYPERSISTENT_NOINLINE
     static void spill(per_thread& s, PyObject* o) noexcept {
         try {
             if (!s.pending) s.pending = new std::vector<PyObject*>();
@@ -128,9 +126,7 @@ private:
 
     // Runs with depth 0: what the Py_DECREFs run (a __del__) releases at once or in scopes of
     // its own, which empty themselves; this loop only ever takes what was held before.
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((noinline))
-#endif
+    PYPERSISTENT_NOINLINE
     static void release_pending(per_thread& s) noexcept {
         while (s.held || s.pending) {
             PyObject* batch_inline[inline_capacity];
@@ -164,9 +160,7 @@ struct object_equal {
     }
 
 private:
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((noinline))
-#endif
+    PYPERSISTENT_NOINLINE
     static bool call_eq(PyObject* a, PyObject* b) {
         int r;
         {

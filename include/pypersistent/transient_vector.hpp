@@ -150,9 +150,7 @@ public:
 
 private:
     // Out of line, so that a loop of push_backs keeps its own state in registers.
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((noinline))
-#endif
+    PYPERSISTENT_NOINLINE
     void push_back_slow(const T& value) {
         if (!p_.tail) {
             p_.tail = trie::single_leaf(value, trie::branches, owner_);
