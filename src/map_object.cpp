@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "bindings.hpp"
+#include "fill_support.hpp"
 #include "transient_support.hpp"
 
 namespace pypersistent::python {
@@ -515,87 +516,6 @@ bool add_pair(object_transient& t, PyObject* key, PyObject* value) {
     return true;
 }
 
-bool fill_from_dict(object_transient& t, PyObject* dict) {
-    bool ok = true;
-    Py_BEGIN_CRITICAL_SECTION(dict);
-    const Py_ssize_t size = PyDict_GET_SIZE(dict);
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (ok && PyDict_Next(dict, &pos, &key, &value)) {
-        Py_INCREF(key);
-        Py_INCREF(value);
-        try {
-            ok = add_pair(t, key, value);
-        } catch (const python_error&) {
-            ok = false;
-        }
-        Py_DECREF(key);
-        Py_DECREF(value);
-        if (ok && PyDict_GET_SIZE(dict) != size) {
-            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
-            ok = false;
-        }
-    }
-    Py_END_CRITICAL_SECTION();
-    return ok;
-}
-
-bool fill_from_keys(object_transient& t, PyObject* source, PyObject* keys_method) {
-    PyObject* keys = PyObject_CallNoArgs(keys_method);
-    if (!keys) return false;
-    PyObject* it = PyObject_GetIter(keys);
-    Py_DECREF(keys);
-    if (!it) return false;
-    bool ok = true;
-    while (ok) {
-        PyObject* key = PyIter_Next(it);
-        if (!key) break;
-        PyObject* value = PyObject_GetItem(source, key);
-        try {
-            ok = value && add_pair(t, key, value);
-        } catch (const python_error&) {
-            ok = false;
-        }
-        Py_XDECREF(value);
-        Py_DECREF(key);
-    }
-    Py_DECREF(it);
-    return ok && !PyErr_Occurred();
-}
-
-bool fill_from_pairs(object_transient& t, PyObject* source) {
-    PyObject* it = PyObject_GetIter(source);
-    if (!it) return false;
-    bool ok = true;
-    for (Py_ssize_t index = 0; ok; ++index) {
-        PyObject* item = PyIter_Next(it);
-        if (!item) break;
-        // A tuple snapshot of the pair: another thread may be changing a list meanwhile, and
-        // PySequence_Tuple copies a list under its lock.
-        PyObject* pair = PyTuple_Check(item) ? Py_NewRef(item) : PySequence_Tuple(item);
-        if (!pair) {
-            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-                PyErr_Format(PyExc_TypeError, "cannot convert update sequence element #%zd to a sequence", index);
-            }
-            ok = false;
-        } else if (PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_Format(PyExc_ValueError, "update sequence element #%zd has length %zd; 2 is required", index,
-                         PyTuple_GET_SIZE(pair));
-            ok = false;
-        } else {
-            try {
-                ok = add_pair(t, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
-            } catch (const python_error&) {
-                ok = false;
-            }
-        }
-        Py_XDECREF(pair);
-        Py_DECREF(item);
-    }
-    Py_DECREF(it);
-    return ok && !PyErr_Occurred();
-}
-
 }  // namespace
 
 bool is_map(PyObject* o) noexcept { return Py_TYPE(o)->tp_dealloc == map_dealloc; }
@@ -650,30 +570,15 @@ void set_key_error(PyObject* key) {
 }
 
 bool fill_transient(object_transient& t, PyObject* source, PyObject* kwargs) {
+    auto add = [&t](PyObject* key, PyObject* value) { return add_pair(t, key, value); };
     if (source) {
-        bool ok;
         if (is_map(source)) {
             t.merge(as_map(source)->map);
-            ok = true;
-        } else if (PyDict_Check(source)) {
-            ok = fill_from_dict(t, source);
-        } else {
-            // As dict.update: a `keys` attribute makes a mapping; an error looking it up other
-            // than AttributeError propagates.
-            PyObject* keys_method = PyObject_GetAttrString(source, "keys");
-            if (keys_method) {
-                ok = fill_from_keys(t, source, keys_method);
-                Py_DECREF(keys_method);
-            } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                PyErr_Clear();
-                ok = fill_from_pairs(t, source);
-            } else {
-                ok = false;
-            }
+        } else if (!fill_from_source(source, add)) {
+            return false;
         }
-        if (!ok) return false;
     }
-    if (kwargs && PyDict_GET_SIZE(kwargs) > 0) return fill_from_dict(t, kwargs);
+    if (kwargs && PyDict_GET_SIZE(kwargs) > 0) return fill_from_dict(kwargs, add);
     return true;
 }
 

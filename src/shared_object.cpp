@@ -33,6 +33,7 @@
 #include <pypersistent/shared_cell_registry.hpp>
 
 #include "bindings.hpp"
+#include "fill_support.hpp"
 #include "transient_support.hpp"
 
 namespace pypersistent::python {
@@ -428,124 +429,24 @@ void add_pair(shared_transient& t, PyObject* key, PyObject* value) {
     t.set(k, v);
 }
 
-bool fill_from_dict(shared_transient& t, PyObject* dict) {
-    bool ok = true;
-    Py_BEGIN_CRITICAL_SECTION(dict);
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (ok && PyDict_Next(dict, &pos, &key, &value)) {
-        // Converting exact types runs no Python code, so the dict cannot change meanwhile.
-        try {
-            add_pair(t, key, value);
-        } catch (const python_error&) {
-            ok = false;
-        } catch (const std::bad_alloc&) {
-            PyErr_NoMemory();
-            ok = false;
-        }
-    }
-    Py_END_CRITICAL_SECTION();
-    return ok;
-}
-
-bool fill_from_keys(shared_transient& t, PyObject* source, PyObject* keys_method) {
-    PyObject* keys = PyObject_CallNoArgs(keys_method);
-    if (!keys) return false;
-    PyObject* it = PyObject_GetIter(keys);
-    Py_DECREF(keys);
-    if (!it) return false;
-    bool ok = true;
-    while (ok) {
-        PyObject* key = PyIter_Next(it);
-        if (!key) break;
-        PyObject* value = PyObject_GetItem(source, key);
-        try {
-            if (value) {
-                add_pair(t, key, value);
-            } else {
-                ok = false;
-            }
-        } catch (...) {
-            Py_XDECREF(value);
-            Py_DECREF(key);
-            Py_DECREF(it);
-            throw;
-        }
-        Py_XDECREF(value);
-        Py_DECREF(key);
-    }
-    Py_DECREF(it);
-    return ok && !PyErr_Occurred();
-}
-
-bool fill_from_pairs(shared_transient& t, PyObject* source) {
-    PyObject* it = PyObject_GetIter(source);
-    if (!it) return false;
-    bool ok = true;
-    for (Py_ssize_t index = 0; ok; ++index) {
-        PyObject* item = PyIter_Next(it);
-        if (!item) break;
-        PyObject* pair = PyTuple_Check(item) ? Py_NewRef(item) : PySequence_Tuple(item);
-        if (!pair) {
-            if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-                PyErr_Format(PyExc_TypeError, "cannot convert update sequence element #%zd to a sequence", index);
-            }
-            ok = false;
-        } else if (PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_Format(PyExc_ValueError, "update sequence element #%zd has length %zd; 2 is required", index,
-                         PyTuple_GET_SIZE(pair));
-            ok = false;
-        } else {
-            try {
-                add_pair(t, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1));
-            } catch (...) {
-                Py_DECREF(pair);
-                Py_DECREF(item);
-                Py_DECREF(it);
-                throw;
-            }
-        }
-        Py_XDECREF(pair);
-        Py_DECREF(item);
-    }
-    Py_DECREF(it);
-    return ok && !PyErr_Occurred();
-}
-
 // Adds source (a SharedMap, PersistentMap, dict, object with keys(), or iterable of pairs) and
 // kwargs. Returns false with an error set (or throws python_error / bad_alloc).
 bool fill_shared(shared_transient& t, PyObject* source, PyObject* kwargs) {
+    auto add = [&t](PyObject* key, PyObject* value) {
+        add_pair(t, key, value);
+        return true;
+    };
     if (source) {
-        bool ok;
         if (is_shared_map(source)) {
             t.merge(as_shared(source)->map);
-            ok = true;
         } else if (is_map(source)) {
             // A PersistentMap: immutable, and converting exact types runs no Python code.
             for (const auto& e : reinterpret_cast<MapObject*>(source)->map) add_pair(t, e.first, e.second);
-            ok = true;
-        } else if (PyDict_Check(source)) {
-            ok = fill_from_dict(t, source);
-        } else {
-            PyObject* keys_method = PyObject_GetAttrString(source, "keys");
-            if (keys_method) {
-                try {
-                    ok = fill_from_keys(t, source, keys_method);
-                } catch (...) {
-                    Py_DECREF(keys_method);
-                    throw;
-                }
-                Py_DECREF(keys_method);
-            } else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                PyErr_Clear();
-                ok = fill_from_pairs(t, source);
-            } else {
-                ok = false;
-            }
+        } else if (!fill_from_source(source, add)) {
+            return false;
         }
-        if (!ok) return false;
     }
-    if (kwargs && PyDict_GET_SIZE(kwargs) > 0) return fill_from_dict(t, kwargs);
+    if (kwargs && PyDict_GET_SIZE(kwargs) > 0) return fill_from_dict(kwargs, add);
     return true;
 }
 
