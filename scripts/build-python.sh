@@ -30,6 +30,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
 # shellcheck source=scripts/lib-trixie-apt.sh
 . "$here/lib-trixie-apt.sh"
 
@@ -39,8 +41,6 @@ suite=$TRIXIE_SUITE
 mode=build
 rebuild=0
 jobs=$(nproc)
-
-usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit "${1:-2}"; }
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -109,8 +109,6 @@ venv_key="$build_key | ${requirements[*]}"
 tsan_options() {
     printf 'suppressions=%s handle_segv=0' "$tsan_supp"
 }
-
-stamp_matches() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
 if [ "$mode" = print-python ]; then
     if stamp_matches "$venv_stamp" "$venv_key" && [ -x "$venv_python" ]; then

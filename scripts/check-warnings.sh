@@ -40,8 +40,9 @@ warn_flags=(-Wall -Wextra -Wpedantic -Werror)
 build_type=${BUILD_TYPE:-Release}
 started=$(date +%s)
 
-log() { echo "[check-warnings] $*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
+LOG_PREFIX=check-warnings
 
 for tool in cmake ninja; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found (install it: scripts/install-system-deps.sh / pip)"

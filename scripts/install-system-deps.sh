@@ -7,15 +7,29 @@
 # immer headers are re-extracted only when a newer .deb appears.
 # Works on Debian 12 (bookworm) and 13 (trixie); never edits /etc/apt.
 #
+# apt-get update/install wait for the dpkg lock and are retried a few times
+# (apt_get_retry in lib.sh; APT_RETRY_TRIES, default 5 here).
+#
 # Usage: scripts/install-system-deps.sh
 # Prints the immer include dir as the last line of stdout.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
 # shellcheck source=scripts/lib-trixie-apt.sh
 . "$here/lib-trixie-apt.sh"
 
+for arg in "$@"; do
+    case $arg in
+        -h|--help) usage 0 ;;
+        *) echo "unknown argument: $arg" >&2; usage ;;
+    esac
+done
+
 export DEBIAN_FRONTEND=noninteractive
+# A held dpkg lock or a flaky mirror: a few attempts, not lib.sh's default 60.
+APT_RETRY_TRIES=${APT_RETRY_TRIES:-5}
 
 packages=(
     # C++ unit tests and micro-benchmarks. googletest ships the sources, so a
@@ -36,7 +50,7 @@ system_updated=0
 system_apt_update() {
     [ "$system_updated" -eq 1 ] && return 0
     log "apt-get update (system sources)"
-    as_root apt-get -q update >&2
+    apt_get_retry -q update >&2
     system_updated=1
 }
 
@@ -80,7 +94,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
     system_apt_update
-    as_root apt-get -q install -y --no-install-recommends "${missing[@]}" >&2
+    apt_get_retry -q install -y --no-install-recommends "${missing[@]}" >&2
 else
     log "system packages already installed"
 fi
@@ -92,7 +106,7 @@ stamp="$immer_root/.from-deb"
 have_immer() { [ -f "$immer_include/immer/map.hpp" ]; }
 
 if deb_name=$(trixie_deb_filename libimmer-dev) && [ -n "$deb_name" ]; then
-    if ! have_immer || [ "$(cat "$stamp" 2>/dev/null)" != "$deb_name" ]; then
+    if ! have_immer || ! stamp_matches "$stamp" "$deb_name"; then
         deb=$(trixie_download_deb libimmer-dev "$PYP_CACHE/debs")
         log "unpacking $deb_name into $immer_root"
         # Fresh dir so headers dropped upstream don't linger from an old version.

@@ -2,8 +2,12 @@
 # Shared helpers for reaching Debian trixie from any Debian host (bookworm or
 # trixie) WITHOUT touching the system's apt configuration: we keep a private
 # sources list and private lists/cache dirs under the project cache and pass
-# them to apt-get with -o overrides. Sourced by install-system-deps.sh and
-# build-python.sh; defines functions only (plus a few variables).
+# them to apt-get with -o overrides. Sourced by install-system-deps.sh,
+# build-python.sh and test-sid-pythons.sh; defines functions only (plus a few
+# variables). The generic helpers (log, die, as_root, retry...) come from lib.sh.
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PYP_CACHE="${PYPERSISTENT_CACHE:-$HOME/.cache/pypersistent}"
 
@@ -17,15 +21,6 @@ trixie_use_suite "${TRIXIE_SUITE:-trixie}"
 # Re-download trixie's indexes when older than this; files referenced by stale
 # indexes disappear from the mirror once a package is updated.
 TRIXIE_LISTS_MAX_AGE_MIN="${TRIXIE_LISTS_MAX_AGE_MIN:-1440}"
-
-log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
-die() { printf '[%s] ERROR: %s\n' "${0##*/}" "$*" >&2; exit 1; }
-
-# Root can use apt-get directly; otherwise sudo (system installs only: the
-# private trixie state is owned by the invoking user).
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
 
 # The machine's Debian mirror (may be a proxy/snapshot set up by the host), so
 # trixie is fetched from wherever bookworm already comes from.

@@ -16,6 +16,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
+LOG_PREFIX=sanitizers
 
 mode=short
 which=both
@@ -27,14 +30,11 @@ while [ $# -gt 0 ]; do
         --tsan-only) which=tsan ;;
         --asan-only) which=asan ;;
         --seed) shift; seed=${1:?--seed needs a value} ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage 0 2>&1 ;;
         *) echo "run-cpp-sanitizers.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
 done
-
-log() { echo "[sanitizers] $*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # ---- toolchain --------------------------------------------------------------------------------
 
@@ -54,22 +54,13 @@ have_sanitizer_runtimes() {
     return $rc
 }
 
-# apt-get, waiting while another process (another helper, unattended-upgrades) holds the lock.
-apt_retry() {
-    local i
-    for i in $(seq 1 60); do
-        if DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=60 "$@"; then return 0; fi
-        log "apt-get $1 failed (lock held?), retrying in 10s ($i/60)"
-        sleep 10
-    done
-    return 1
-}
-
 if ! have_sanitizer_runtimes; then
     [ "$(id -u)" -eq 0 ] || die "$CXX with sanitizer runtimes not found; install clang and libclang-rt-<N>-dev"
     log "installing clang and its sanitizer runtimes (Debian $(cat /etc/debian_version 2>/dev/null || echo '?'))"
-    apt_retry update -q >&2
-    apt_retry install -y -q --no-install-recommends clang llvm >&2
+    # apt_get_retry (lib.sh) waits while another process (another helper, unattended-upgrades)
+    # holds the dpkg lock.
+    apt_get_retry update -q >&2 || die "apt-get update failed"
+    apt_get_retry install -y -q --no-install-recommends clang llvm >&2 || die "apt-get install clang llvm failed"
     major=$(clang -dumpversion | cut -d. -f1)
     # bookworm: libclang-rt-14-dev; trixie: libclang-rt-19-dev; bullseye: libclang-common-N-dev.
     rt=""
@@ -77,7 +68,7 @@ if ! have_sanitizer_runtimes; then
         if apt-cache show "$p" >/dev/null 2>&1; then rt=$p; break; fi
     done
     [ -n "$rt" ] || die "no sanitizer runtime package found for clang $major"
-    apt_retry install -y -q --no-install-recommends "$rt" >&2
+    apt_get_retry install -y -q --no-install-recommends "$rt" >&2 || die "apt-get install $rt failed"
     have_sanitizer_runtimes || die "$CXX still cannot link sanitizer programs"
 fi
 # llvm-symbolizer gives reports function names and lines.

@@ -35,6 +35,9 @@ shopt -s inherit_errexit
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
+LOG_PREFIX=run-host-examples
 
 mode=short
 pythons=()
@@ -45,7 +48,7 @@ while [ $# -gt 0 ]; do
         --long) mode=long; shift ;;
         --python) pythons+=("${2:?--python needs a path}"); shift 2 ;;
         --bare-snapshots) bare=ON; shift ;;
-        -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+        -h|--help) usage 0 2>&1 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -56,9 +59,6 @@ gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 jobs=$(nproc)
 started=$SECONDS
-step() { printf '\n===== [%4ds] %s =====\n' $((SECONDS - started)) "$*"; }
-log() { printf '[run-host-examples] %s\n' "$*"; }
-die() { printf '[run-host-examples] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # ctest -V in DIR (extra ctest arguments after it), output kept in LOG; prints what the tests
 # printed; returns ctest's status.
@@ -102,7 +102,7 @@ prepare_python() {
     tag=$(python_tag "$py")
     if is_tsan_python "$py"; then
         if extension_stale "$py"; then
-            log "installing the TSan extension into $py (scripts/build-extension.sh --tsan)" >&2
+            log "installing the TSan extension into $py (scripts/build-extension.sh --tsan)"
             bash scripts/build-extension.sh --python "$py" --tsan >&2 || die "build-extension.sh --tsan failed"
         fi
         echo "$py"
@@ -113,14 +113,14 @@ prepare_python() {
         # (pybind11 and scikit-build-core for the --no-build-isolation install).
         venv=$out/venv-$tag
         if [ ! -x "$venv/bin/python" ]; then
-            log "creating $venv (--system-site-packages) for $py" >&2
+            log "creating $venv (--system-site-packages) for $py"
             "$py" -m venv --system-site-packages "$venv" >&2
         fi
         py=$venv/bin/python
     fi
     if extension_stale "$py"; then
         local build_dir=build/$([ "$tag" = cp313t ] && echo ft || echo "$tag")-embed
-        log "installing pypersistent into $py (build dir $build_dir)" >&2
+        log "installing pypersistent into $py (build dir $build_dir)"
         "$py" -m pip install -q --no-build-isolation --no-deps --force-reinstall \
             -C "build-dir=$build_dir" . >&2 || die "pip install into $py failed"
     fi

@@ -33,10 +33,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-
-log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
-die() { printf '[%s] ERROR: %s\n' "${0##*/}" "$*" >&2; exit 1; }
-usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit "${1:-2}"; }
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
 
 mode=short
 flavours=(ft tsan)
@@ -67,8 +65,6 @@ supp="$root/stress/tsan-suppressions.txt"
 [ -f "$supp" ] || die "missing $supp"
 logdir="$root/build/stress-logs"
 mkdir -p "$logdir"
-
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }
 
 # TSAN_OPTIONS: what build-python.sh says the interpreter needs, with our
 # suppressions file (a superset of CPython's) instead of CPython's.

@@ -6,13 +6,15 @@
 #
 # Usage (as root: debootstrap, mount and chroot need it):
 #   scripts/test-sid-pythons.sh [--versions "3.14 3.15"] [--jobs N] [--refresh] [--rebuild]
-#                               [-- PYTEST_ARGS...]
+#                               [--prepare-only] [-- PYTEST_ARGS...]
 #
 #   --versions V  space-separated CPython versions to test (default "3.14 3.15"); a version
 #                 that fails to build or test does not stop the others
 #   --jobs N      pytest -n N (default: nproc)
 #   --refresh     apt-get update/upgrade inside the cached chroot and re-resolve the venvs
 #   --rebuild     delete the cached chroot and make it again
+#   --prepare-only  make (or reuse) the chroot, its packages and the venvs, then exit 0 without
+#                 copying the sources, building or testing (scripts/setup-machine.sh uses it)
 #   PYTEST_ARGS   replace the default pytest selection (".", i.e. all of tests/)
 #
 # Cache (override the root with PYPERSISTENT_CACHE, as build-python.sh does):
@@ -42,6 +44,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
 # shellcheck source=scripts/lib-trixie-apt.sh
 . "$here/lib-trixie-apt.sh"
 trixie_use_suite sid   # private apt state for sid on the host (only to fetch debootstrap)
@@ -50,15 +54,16 @@ versions="3.14 3.15"
 jobs=$(nproc)
 refresh=0
 rebuild=0
+prepare_only=0
 pytest_args=(.)
 
-usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
     case $1 in
         --versions) versions=${2:?}; shift 2 ;;
         --jobs|-j) jobs=${2:?}; shift 2 ;;
         --refresh) refresh=1; shift ;;
         --rebuild) rebuild=1; shift ;;
+        --prepare-only) prepare_only=1; shift ;;
         --) shift; [ $# -gt 0 ] && pytest_args=("$@"); break ;;
         -h|--help) usage 0 ;;
         *) echo "unknown argument: $1" >&2; usage ;;
@@ -235,7 +240,7 @@ get_debootstrap() {
     local dest="$PYP_CACHE/debootstrap" deb name
     name=$(trixie_deb_filename debootstrap) && [ -n "$name" ] ||
         die "cannot look up debootstrap in Debian sid (is $mirror reachable?)"
-    if [ "$(cat "$dest/.from-deb" 2>/dev/null)" != "$name" ] || [ ! -x "$dest/usr/sbin/debootstrap" ]; then
+    if ! stamp_matches "$dest/.from-deb" "$name" || [ ! -x "$dest/usr/sbin/debootstrap" ]; then
         deb=$(trixie_download_deb debootstrap "$PYP_CACHE/debs")
         rm -rf "$dest"
         mkdir -p "$dest"
@@ -304,7 +309,7 @@ provision_apt() {
 # make_venv V: /opt/pypersistent/venv-V with the test tools, unless its stamp matches.
 make_venv() {
     local v=$1 venv=/opt/pypersistent/venv-$1 stamp="$stamps/venv-$1.stamp" t0=$SECONDS
-    if [ "$refresh" -eq 0 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$venv_key" ] &&
+    if [ "$refresh" -eq 0 ] && stamp_matches "$stamp" "$venv_key" &&
        in_chroot test -x "$venv/bin/python"; then   # a symlink into the chroot's /usr/bin
         return 0
     fi
@@ -361,6 +366,10 @@ if [ "$refresh" -eq 1 ] || [ ! -f "$stamps/apt.stamp" ] || apt_missing; then
 fi
 for v in $versions; do bg_wait make_venv "$v"; done
 log "chroot ready after $((SECONDS - started)) s"
+if [ "$prepare_only" -eq 1 ]; then
+    log "--prepare-only: Python $versions ready in $chroot_dir; not building or testing"
+    exit 0
+fi
 
 sync_sources
 failed=()

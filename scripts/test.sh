@@ -11,13 +11,24 @@
 #   bash scripts/test.sh --long     # the same with the long stress modes
 #   bash scripts/test.sh --quick    # C++ tests and pytest on the default Python only
 #
-# Everything it needs is installed by the scripts it calls (apt packages from Debian, CPython
-# builds cached under ~/.cache/pypersistent, pip packages from PyPI), so it runs on a fresh
-# machine; a second run reuses the caches.
+# Machine set-up is apart from testing. The first step runs scripts/setup-machine.sh, which
+# provisions everything the tests need, idempotently and cached under ~/.cache/pypersistent:
+# apt packages from Debian (scripts/install-system-deps.sh), the free-threaded and the TSan
+# CPython 3.13t (scripts/build-python.sh) and the Debian sid chroot with CPython 3.14 and 3.15
+# (scripts/test-sid-pythons.sh --prepare-only); with --quick, the packages only. On a fresh
+# machine that step takes the better part of an hour; once the machine is set up, seconds and
+# no network. The steps after it only build the project and test: they look up the
+# interpreters and the chroot the set-up made (the project's own venvs still get their pip
+# packages from PyPI). To provision a machine ahead of time, run scripts/setup-machine.sh alone.
+#
+# Step banners show the seconds since the run started; the scripts it calls count from the
+# same start (PYPERSISTENT_STARTED, see scripts/lib.sh).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 
 mode=short
 quick=0
@@ -26,18 +37,20 @@ for arg in "$@"; do
         --long) mode=long ;;
         --short) mode=short ;;
         --quick) quick=1 ;;
+        -h|--help) usage 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
 
 jobs=$(nproc)
-started=$(date +%s)
-step() {
-    printf '\n===== [%4ds] %s =====\n' $(( $(date +%s) - started )) "$*"
-}
 
-step "system packages (apt)"
-bash scripts/install-system-deps.sh
+if [ "$quick" = 1 ]; then
+    step "machine set-up: packages (install or reuse)"
+    bash scripts/setup-machine.sh --packages-only
+else
+    step "machine set-up: packages, CPython builds, sid chroot (build or reuse)"
+    bash scripts/setup-machine.sh
+fi
 
 step "C++: warning-free with g++ and clang++ in C++17 and C++20 (-Wall -Wextra -Wpedantic -Werror)"
 if [ "$quick" = 1 ]; then
@@ -62,31 +75,30 @@ default_venv=build/venv-default
 (cd tests && "../$default_venv/bin/python" -m pytest -q -n "$jobs" -p no:cacheprovider .)
 
 if [ "$quick" = 1 ]; then
-    step "done (quick) in $(( $(date +%s) - started ))s"
+    step "done (quick) in $(step_elapsed)s"
     exit 0
 fi
 
 step "C++ sanitizers: TSan and ASan/UBSan builds ($mode)"
 bash scripts/run-cpp-sanitizers.sh "--$mode"
 
-step "free-threaded CPython 3.13t (build or reuse)"
-ft_python=$(bash scripts/build-python.sh --flavour ft | tail -n 1)
-"$ft_python" -c 'import sys; assert not sys._is_gil_enabled(), "not a free-threaded build"'
-
 step "3.13t: install, pytest -n $jobs"
+# Built by the set-up step; --print-python only looks it up (exit 1 if it is not there).
+ft_python=$(bash scripts/build-python.sh --print-python --flavour ft)
+"$ft_python" -c 'import sys; assert not sys._is_gil_enabled(), "not a free-threaded build"'
 bash scripts/build-extension.sh --python "$ft_python"
 (cd tests && "$ft_python" -m pytest -q -n "$jobs" -p no:cacheprovider .)
 
 step "3.13t: every test on 4 threads at once (pytest-run-parallel)"
 (cd tests && "$ft_python" -m pytest -q -p no:cacheprovider --parallel-threads=4 .)
 
-step "ThreadSanitizer CPython 3.13t (build or reuse) and the Python stress suite under it ($mode)"
+step "Python stress suite on 3.13t and under the ThreadSanitizer 3.13t ($mode)"
 bash scripts/run-python-stress.sh "--$mode" --flavour both
 
 step "C++ hosts: core-only host, CMake consumers, embedding host on 3.11, 3.13t and TSan ($mode)"
 bash scripts/run-host-examples.sh "--$mode"
 
-step "CPython 3.14 and 3.15 in a Debian sid chroot (made or reused): build, pytest -n $jobs"
+step "CPython 3.14 and 3.15 in the Debian sid chroot (made by the set-up): build, pytest -n $jobs"
 bash scripts/test-sid-pythons.sh --jobs "$jobs"
 
 step "wheels for every pyenv Python (3.10-3.13) and 3.13t: build, auditwheel repair, layout, install with --no-index and no compiler, demo and tests"
@@ -110,4 +122,4 @@ PY
 )
 (cd tests && "../$editable_venv/bin/python" -m pytest -q -p no:cacheprovider test_api.py test_transient.py) | tail -n 1
 
-step "all passed in $(( $(date +%s) - started ))s"
+step "all passed in $(step_elapsed)s"
