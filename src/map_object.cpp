@@ -310,6 +310,12 @@ PyObject* map_diff(PyObject* self, PyObject* other) {
     });
 }
 
+// to_shared(): SharedMap(self), the interpreter-neutral copy (O(n); TypeError for contents a
+// SharedMap cannot hold).
+PyObject* map_to_shared(PyObject* self, PyObject*) {
+    return PyObject_CallOneArg(reinterpret_cast<PyObject*>(as_map(self)->state->shared_map_type), self);
+}
+
 PyObject* map_clear(PyObject* self, PyObject*) {
     if (as_map(self)->map.empty()) return Py_NewRef(self);
     return new_map(Py_TYPE(self), as_map(self)->state, object_map());
@@ -433,6 +439,11 @@ PyMethodDef map_methods[] = {
      "merge($self, other=(), /, **kwargs)\n--\n\n"
      "A new map with the items of other and kwargs added (same as update())."},
     {"clear", map_clear, METH_NOARGS, "clear($self, /)\n--\n\nAn empty map."},
+    {"to_shared", map_to_shared, METH_NOARGS,
+     "to_shared($self, /)\n--\n\n"
+     "A SharedMap of the contents, readable from every interpreter (O(n)).\n\n"
+     "Keys and values must be what a SharedMap holds (None, bool, int, float, str, bytes,\n"
+     "tuples of these, SharedMaps); anything else raises TypeError."},
     {"diff", map_diff, METH_O,
      "diff($self, other, /)\n--\n\n"
      "What changed from this map to other: MapDiff(added, removed, changed).\n\n"

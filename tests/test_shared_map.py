@@ -263,6 +263,10 @@ def test_mapping_api():
     p = m.to_persistent()
     assert type(p) is PersistentMap and p == m and m == p
     assert hash(p) == hash(m)
+    back = p.to_shared()
+    assert type(back) is SharedMap and back == m
+    with pytest.raises(TypeError, match="not list"):
+        PersistentMap(a=[1]).to_shared()
     assert SharedMap[str, int] is not None
     assert repr(SharedMap({"a": 1})) == "SharedMap({'a': 1})"
     assert repr(SharedMap()) == "SharedMap({})"
