@@ -90,6 +90,12 @@ void iterator_dealloc(PyObject* self);
 bool is_shared_map(PyObject* o) noexcept { return Py_TYPE(o)->tp_dealloc == shared_dealloc; }
 bool is_mapping(PyObject* o) { return PyType_HasFeature(Py_TYPE(o), Py_TPFLAGS_MAPPING); }
 
+// Tuples and maps nested too deeply for the core to compare or hash (neutral_nesting_error):
+// Python's RecursionError, as for deeply nested dicts.
+void set_nesting_error() {
+    PyErr_SetString(PyExc_RecursionError, "maximum recursion depth exceeded comparing or hashing nested SharedMap values");
+}
+
 // Runs body, turning C++ exceptions into Python errors.
 template <class R, class F>
 R guard(R failed, F&& body) {
@@ -99,6 +105,9 @@ R guard(R failed, F&& body) {
         return failed;
     } catch (const std::bad_alloc&) {
         PyErr_NoMemory();
+        return failed;
+    } catch (const neutral_nesting_error&) {
+        set_nesting_error();
         return failed;
     } catch (const std::exception& e) {
         PyErr_SetString(PyExc_ValueError, e.what());
@@ -286,7 +295,12 @@ conv with_lookup_key(PyObject* key, F&& f) {
     neutral_value v;
     const conv r = to_neutral(key, v, true);
     if (r == conv::ok) {
-        f(static_cast<const neutral_value&>(v));
+        try {  // hashing a tuple key that holds deeply nested maps may throw
+            f(static_cast<const neutral_value&>(v));
+        } catch (const neutral_nesting_error&) {
+            set_nesting_error();
+            return conv::error;
+        }
         return r;
     }
     if (r == conv::unsupported && PyObject_Hash(key) == -1) return conv::error;  // unhashable: TypeError
@@ -423,17 +437,24 @@ Py_hash_t python_hash(const neutral_value& v, module_state* state) {
 
 // ---- filling a transient from Python input -----------------------------------------------
 
-void add_pair(shared_transient& t, PyObject* key, PyObject* value) {
+// t[key] = value; every failure is a python_error (the callers hold critical sections that only
+// python_error and bad_alloc may cross).
+void set_entry(shared_transient& t, PyObject* key, PyObject* value) {
     neutral_value k = store_value(key);
     neutral_value v = store_value(value);
-    t.set(k, v);
+    try {
+        t.set(k, v);
+    } catch (const neutral_nesting_error&) {
+        set_nesting_error();
+        throw python_error();
+    }
 }
 
 // Adds source (a SharedMap, PersistentMap, dict, object with keys(), or iterable of pairs) and
 // kwargs. Returns false with an error set (or throws python_error / bad_alloc).
 bool fill_shared(shared_transient& t, PyObject* source, PyObject* kwargs) {
     auto add = [&t](PyObject* key, PyObject* value) {
-        add_pair(t, key, value);
+        set_entry(t, key, value);
         return true;
     };
     if (source) {
@@ -441,7 +462,7 @@ bool fill_shared(shared_transient& t, PyObject* source, PyObject* kwargs) {
             t.merge(as_shared(source)->map);
         } else if (is_map(source)) {
             // A PersistentMap: immutable, and converting exact types runs no Python code.
-            for (const auto& e : reinterpret_cast<MapObject*>(source)->map) add_pair(t, e.first, e.second);
+            for (const auto& e : reinterpret_cast<MapObject*>(source)->map) set_entry(t, e.first, e.second);
         } else if (!fill_from_source(source, add)) {
             return false;
         }
@@ -966,9 +987,7 @@ PyObject* transient_subscript(PyObject* self, PyObject* key) {
 int transient_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
     return locked_transient<TransientSharedObject, int>(self, transient_name, -1, [&](shared_transient& t) {
         if (value) {
-            neutral_value k = store_value(key);
-            neutral_value v = store_value(value);
-            t.set(k, v);
+            set_entry(t, key, value);
             return 0;
         }
         bool removed = false;

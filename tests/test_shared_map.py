@@ -407,3 +407,58 @@ def test_atom_threads_lose_no_update():
     final = atom.deref()
     assert final["total"] == n_threads * n_swaps
     assert all(final[f"t{i}"] == n_swaps for i in range(n_threads))
+
+
+# ---- deep nesting: never a crash ----------------------------------------------------------------
+
+_DEEP_NESTING_SCRIPT = r"""
+from pypersistent import SharedMap, SharedAtom
+
+def chain(depth):
+    m = SharedMap()
+    for _ in range(depth):
+        m = SharedMap(x=m)
+    return m
+
+def expect_recursion_error(what, fn):
+    try:
+        fn()
+    except RecursionError:
+        return
+    raise AssertionError(what + " did not raise RecursionError")
+
+a, b = chain(300_000), chain(300_000)
+# Two equal chains in different blocks: comparing, hashing or using one as a key is too deep.
+expect_recursion_error("a == b", lambda: a == b)
+expect_recursion_error("hash(a)", lambda: hash(a))
+expect_recursion_error("a as a key", lambda: SharedMap({a: 1}))
+expect_recursion_error("a in a tuple key", lambda: SharedMap({(1, a): 1}))
+expect_recursion_error("lookup by a tuple key", lambda: SharedMap({(1, 2): 1}).get((1, a)))
+t = SharedMap().transient()
+expect_recursion_error("transient[a] = 1", lambda: t.__setitem__((a,), 1))
+assert len(t) == 0
+assert a == a and a["x"] == a["x"]  # the same blocks: no recursion
+# Shallow nesting still compares and hashes.
+assert chain(100) == chain(100) and hash(chain(100)) == hash(chain(100))
+# A chain held through a tuple, inside a cell, and inside a transient: all freed on drop.
+cell = SharedAtom("deep-nesting-" + str(id(a)))
+cell.reset(SharedMap(t=(a, b)))
+cell.reset(SharedMap())
+t[1] = a
+del t
+# Dropping the last references frees the chains without recursion (this crashed before).
+del a, b
+print("deep nesting ok")
+"""
+
+
+@pytest.mark.thread_unsafe  # a child process per run
+def test_deeply_nested_shared_maps_never_crash():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DEEP_NESTING_SCRIPT], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "deep nesting ok" in done.stdout

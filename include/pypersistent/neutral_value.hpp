@@ -67,7 +67,13 @@
 // Thread safety: all operations are safe from any number of threads; the only writes after
 // construction are atomic reference counts and idempotent atomic hash caches.
 //
-// Recursion: equality, hashing and destruction of nested tuples/maps recurse (depth = nesting).
+// Nesting: values nest without limit (a map may hold a map holding a map...), and dropping the
+// last reference never recurses: a tuple or map whose last reference dies while another one is
+// being destroyed on the same thread is queued (linked through its dead hash field) and freed by
+// the outermost destroy's loop, so a 300,000-deep chain frees in constant stack. Equality,
+// hashing and repr of tuples and maps do recurse, one level per nesting level; past
+// max_nesting_depth levels they throw neutral_nesting_error (a binding reports RecursionError,
+// as Python does for deeply nested dicts) instead of overflowing the stack.
 //
 // Lookups without allocation: neutral_probe (below) builds a str or bytes key inside itself, for
 // find / contains / erase on a hot path (a binding's str-key lookups).
@@ -97,6 +103,13 @@
 #include "policy.hpp"
 
 namespace pypersistent {
+
+// Thrown by equality, hashing and repr when tuples and maps nest deeper than
+// neutral_detail::max_nesting_depth (see "Nesting" above).
+class neutral_nesting_error : public std::runtime_error {
+public:
+    neutral_nesting_error() : std::runtime_error("neutral_value: tuples and maps nested too deeply to compare, hash or print") {}
+};
 
 class neutral_value;
 struct neutral_hash;
@@ -285,6 +298,27 @@ enum class heap_kind : std::uint8_t { big_int, str, bytes, tuple, map };
 // Test builds: the number of live heap blocks, to check that references balance.
 inline std::atomic<std::int64_t> live_blocks{0};
 #endif
+
+// Equality, hashing and repr recurse once per nesting level through a few frames each (the
+// value, the map's comparison, the trie walk). The limit keeps the deepest recursion under half
+// a MiB of stack in an optimised build (tests/cpp/test_neutral_value.cpp reaches it), inside
+// the stack of any thread a host or Python starts, and matches Python's own default recursion
+// limit, which bounds how deeply a program can nest tuples when converting them.
+constexpr int max_nesting_depth = 1000;
+inline thread_local int nesting_depth = 0;
+
+// One nesting level of a recursive operation; throws past max_nesting_depth.
+struct nesting_level {
+    nesting_level() {
+        if (++nesting_depth > max_nesting_depth) {
+            --nesting_depth;
+            throw neutral_nesting_error();
+        }
+    }
+    ~nesting_level() { --nesting_depth; }
+    nesting_level(const nesting_level&) = delete;
+    nesting_level& operator=(const nesting_level&) = delete;
+};
 
 struct heap_header {
     atomic_refcount refs{1};
@@ -483,9 +517,10 @@ public:
 
     // ---- equality and hashing (see the top of this file) ----
 
-    hash_t hash() const noexcept;
-    friend bool operator==(const neutral_value& a, const neutral_value& b) noexcept { return equal(a, b); }
-    friend bool operator!=(const neutral_value& a, const neutral_value& b) noexcept { return !equal(a, b); }
+    // Both throw neutral_nesting_error past max_nesting_depth nested tuples/maps, nothing else.
+    hash_t hash() const;
+    friend bool operator==(const neutral_value& a, const neutral_value& b) { return equal(a, b); }
+    friend bool operator!=(const neutral_value& a, const neutral_value& b) { return !equal(a, b); }
     // Same kind and same bits (same heap block): cheap, implies ==.
     bool identical(const neutral_value& other) const noexcept {
         return kind_ == other.kind_ && std::memcmp(&u_, &other.u_, sizeof u_) == 0;
@@ -532,7 +567,8 @@ private:
     const neutral_detail::text_block* text() const noexcept { return static_cast<const neutral_detail::text_block*>(u_.p); }
 
     static void destroy(neutral_detail::heap_header* block) noexcept;
-    static bool equal(const neutral_value& a, const neutral_value& b) noexcept;
+    static void destroy_container(neutral_detail::heap_header* block) noexcept;
+    static bool equal(const neutral_value& a, const neutral_value& b);
     static bool numeric_equal(const neutral_value& a, const neutral_value& b) noexcept;
     void repr_into(std::string& out) const;
 
@@ -600,10 +636,10 @@ private:
 };
 
 struct neutral_hash {
-    hash_t operator()(const neutral_value& v) const noexcept { return v.hash(); }
+    hash_t operator()(const neutral_value& v) const { return v.hash(); }
 };
 struct neutral_equal {
-    bool operator()(const neutral_value& a, const neutral_value& b) const noexcept { return a == b; }
+    bool operator()(const neutral_value& a, const neutral_value& b) const { return a == b; }
 };
 
 namespace neutral_detail {
@@ -892,25 +928,62 @@ inline neutral_value neutral_value::from_decimal(std::string_view text) {
     return from_limbs(negative, limbs.data(), limbs.size());
 }
 
+namespace neutral_detail {
+
+// Tuples and maps whose last reference died while another was being destroyed on this thread
+// (see "Nesting" at the top): a stack linked through the blocks' hash fields, which nothing
+// reads once the count is zero.
+struct destruction_queue {
+    heap_header* head = nullptr;
+    bool draining = false;
+};
+inline thread_local destruction_queue pending_destructions;
+
+inline std::atomic<std::uint64_t>& dead_link(heap_header* block) noexcept {
+    return block->kind == heap_kind::tuple ? static_cast<tuple_block*>(block)->hash : static_cast<map_block*>(block)->hash;
+}
+
+}  // namespace neutral_detail
+
 inline void neutral_value::destroy(neutral_detail::heap_header* block) noexcept {
     using namespace neutral_detail;
     switch (block->kind) {
         case heap_kind::big_int:
             static_cast<big_int_block*>(block)->~big_int_block();
-            break;
+            free_block(block);
+            return;
         case heap_kind::str:
         case heap_kind::bytes:
             static_cast<text_block*>(block)->~text_block();
-            break;
-        case heap_kind::tuple: {
-            auto* t = static_cast<tuple_block*>(block);
-            for (std::size_t i = t->count; i-- > 0;) t->items()[i].~neutral_value();
-            t->~tuple_block();
-            break;
-        }
+            free_block(block);
+            return;
+        case heap_kind::tuple:
         case heap_kind::map:
-            static_cast<map_block*>(block)->~map_block();
             break;
+    }
+    destruction_queue& queue = pending_destructions;
+    if (queue.draining) {  // inside an outer destroy: it frees this one later
+        dead_link(block).store(reinterpret_cast<std::uintptr_t>(queue.head), std::memory_order_relaxed);
+        queue.head = block;
+        return;
+    }
+    queue.draining = true;
+    while (block) {
+        destroy_container(block);  // queues the containers it held
+        block = queue.head;
+        if (block) queue.head = reinterpret_cast<heap_header*>(dead_link(block).load(std::memory_order_relaxed));
+    }
+    queue.draining = false;
+}
+
+inline void neutral_value::destroy_container(neutral_detail::heap_header* block) noexcept {
+    using namespace neutral_detail;
+    if (block->kind == heap_kind::tuple) {
+        auto* t = static_cast<tuple_block*>(block);
+        for (std::size_t i = t->count; i-- > 0;) t->items()[i].~neutral_value();
+        t->~tuple_block();
+    } else {
+        static_cast<map_block*>(block)->~map_block();
     }
     free_block(block);
 }
@@ -937,7 +1010,7 @@ inline bool neutral_value::numeric_equal(const neutral_value& a, const neutral_v
     return neutral_detail::double_equals_big(x->u_.d, big->negative, big->limbs(), big->count);
 }
 
-inline bool neutral_value::equal(const neutral_value& a, const neutral_value& b) noexcept {
+inline bool neutral_value::equal(const neutral_value& a, const neutral_value& b) {
     if (a.kind_ != b.kind_) {
         const bool an = a.kind_ >= kind::boolean && a.kind_ <= kind::big_int;
         const bool bn = b.kind_ >= kind::boolean && b.kind_ <= kind::big_int;
@@ -964,6 +1037,7 @@ inline bool neutral_value::equal(const neutral_value& a, const neutral_value& b)
             if (a.u_.p == b.u_.p) return true;
             const std::size_t n = a.tuple_size();
             if (n != b.tuple_size()) return false;
+            const neutral_detail::nesting_level level;
             const neutral_value* x = a.tuple_data();
             const neutral_value* y = b.tuple_data();
             for (std::size_t i = 0; i < n; ++i) {
@@ -978,13 +1052,14 @@ inline bool neutral_value::equal(const neutral_value& a, const neutral_value& b)
             const std::uint64_t hx = x->hash.load(std::memory_order_relaxed);
             const std::uint64_t hy = y->hash.load(std::memory_order_relaxed);
             if (hx != 0 && hy != 0 && hx != hy) return false;  // both cached: a cheap reject
+            const neutral_detail::nesting_level level;
             return x->map == y->map;
         }
     }
     return false;
 }
 
-inline hash_t neutral_value::hash() const noexcept {
+inline hash_t neutral_value::hash() const {
     using namespace neutral_detail;
     switch (kind_) {
         case kind::none: return 0xFCA86420FCA86420ull;  // any constant: None equals only None
@@ -998,6 +1073,7 @@ inline hash_t neutral_value::hash() const noexcept {
             auto* t = static_cast<tuple_block*>(u_.p);
             std::uint64_t h = t->hash.load(std::memory_order_relaxed);
             if (h != 0) return h;
+            const nesting_level level;
             std::uint64_t acc = xx_prime_5 ^ tuple_seed;
             for (std::size_t i = 0; i < t->count; ++i) {
                 acc += t->items()[i].hash() * xx_prime_2;
@@ -1013,6 +1089,7 @@ inline hash_t neutral_value::hash() const noexcept {
             auto* m = static_cast<map_block*>(u_.p);
             std::uint64_t h = m->hash.load(std::memory_order_relaxed);
             if (h != 0) return h;
+            const nesting_level level;
             // Order-independent: a sum over entries, each mixing its key's and value's hashes.
             std::uint64_t acc = map_seed ^ mix64(static_cast<std::uint64_t>(m->map.size()));
             for (const auto& e : m->map) acc += mix64(e.first.hash() ^ rotl(mix64(e.second.hash() + map_seed), 17));
@@ -1075,6 +1152,7 @@ inline void neutral_value::repr_into(std::string& out) const {
             return;
         }
         case kind::tuple: {
+            const neutral_detail::nesting_level level;
             out += '(';
             const std::size_t n = tuple_size();
             for (std::size_t i = 0; i < n; ++i) {
@@ -1086,6 +1164,7 @@ inline void neutral_value::repr_into(std::string& out) const {
             return;
         }
         case kind::map: {
+            const neutral_detail::nesting_level level;
             out += '{';
             bool first = true;
             for (const auto& e : as_map()) {

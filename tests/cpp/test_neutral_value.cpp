@@ -415,4 +415,67 @@ TEST_F(Neutral, CopyMoveAndCounts) {
     EXPECT_EQ(a.use_count(), 2u);
 }
 
+
+// ---- deep nesting (see "Nesting" in neutral_value.hpp) ----------------------------------------
+
+// A chain of `depth` one-entry maps, {"x": {"x": ... {} ...}}.
+nv map_chain(std::size_t depth) {
+    nv m{shared_map()};
+    for (std::size_t i = 0; i < depth; ++i) m = nv{shared_map().set(nv("x"), m)};
+    return m;
+}
+nv tuple_chain(std::size_t depth) {
+    nv t = nv::tuple({});
+    for (std::size_t i = 0; i < depth; ++i) t = nv::tuple({t, nv(std::int64_t(i))});
+    return t;
+}
+
+TEST_F(Neutral, DeepChainsFreeWithoutRecursion) {
+    // Dropping the last reference to a 300,000-deep chain overflowed the stack before the
+    // destruction queue (one C++ frame chain per level).
+    { nv chain = map_chain(300000); }
+    { nv chain = tuple_chain(300000); }
+    {
+        // Mixed, and held by a map that dies through its own erase.
+        nv m = map_chain(100000);
+        nv t = nv::tuple({m, tuple_chain(100000)});
+        shared_map holder = shared_map().set(nv(1), t).set(nv(2), m);
+        m = nv();
+        t = nv();
+        holder = holder.erase(nv(1)).erase(nv(2));
+    }
+}
+
+TEST_F(Neutral, DeepChainsCompareHashAndPrintUpToTheLimit) {
+    const std::size_t limit = pypersistent::neutral_detail::max_nesting_depth;
+    const nv a = map_chain(limit - 1), b = map_chain(limit - 1);  // distinct blocks, equal content
+    EXPECT_TRUE(a == b);
+    EXPECT_EQ(a.hash(), b.hash());
+    EXPECT_EQ(a.repr().size(), b.repr().size());
+    const nv t = tuple_chain(limit - 1), u = tuple_chain(limit - 1);
+    EXPECT_TRUE(t == u);
+    EXPECT_EQ(t.hash(), u.hash());
+}
+
+TEST_F(Neutral, TooDeepChainsThrowAndLeaveNoState) {
+    using pypersistent::neutral_nesting_error;
+    const nv a = map_chain(300000), b = map_chain(300000);
+    EXPECT_THROW((void)(a == b), neutral_nesting_error);
+    EXPECT_THROW((void)a.hash(), neutral_nesting_error);
+    EXPECT_THROW((void)a.repr(), neutral_nesting_error);
+    const nv t = tuple_chain(300000), u = tuple_chain(300000);
+    EXPECT_THROW((void)(t == u), neutral_nesting_error);
+    EXPECT_THROW((void)t.hash(), neutral_nesting_error);
+    // As a key: inserting hashes it; the map is unchanged.
+    const shared_map m = shared_map().set(nv(1), nv(2));
+    EXPECT_THROW((void)m.set(a, nv(0)), neutral_nesting_error);
+    EXPECT_EQ(m.size(), 1u);
+    // The depth count unwound: shallow values still compare and hash.
+    EXPECT_EQ(pypersistent::neutral_detail::nesting_depth, 0);
+    EXPECT_TRUE(map_chain(10) == map_chain(10));
+    EXPECT_EQ(tuple_chain(10).hash(), tuple_chain(10).hash());
+    // Identical blocks compare equal at any depth without recursing.
+    EXPECT_TRUE(a == a);
+}
+
 }  // namespace
