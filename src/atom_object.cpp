@@ -2,6 +2,8 @@
 // It stores the structure *object* (so compare_and_set can test identity, and deref returns the very
 // object that was stored) in pypersistent::shared_cell; see include/pypersistent/atom.hpp for
 // the lock-free design and its memory reclamation.
+#include <atomic>
+#include <new>
 #include <utility>
 
 #include <pypersistent/atom.hpp>
@@ -46,11 +48,14 @@ using object_cell = pypersistent::shared_cell<object_ref>;
 // change notifies exactly the watchers registered when it is notified, and no thread sees a
 // half-updated list. Each successful change calls every watcher once, on the thread that made
 // the change, after the change is visible; changes by several threads notify in no set order.
+// The pointer is also read once without the lock (an acquire load) so that a change with no
+// watchers, the common case, skips the critical section: a watcher registered concurrently with
+// a change may or may not see it, as when it is registered just before or after.
 struct AtomObject {
     PyObject_HEAD
     object_cell* cell;  // holds a PersistentMap, or nothing once the collector cleared the atom
     PyObject* weakreflist;
-    PyObject* watchers;
+    std::atomic<PyObject*> watchers;  // written only in the atom's critical section (or by tp_clear)
 };
 
 AtomObject* as_atom(PyObject* o) { return reinterpret_cast<AtomObject*>(o); }
@@ -66,9 +71,10 @@ bool require_persistent(PyObject* o, const char* what) {
 
 // A new reference to the watcher tuple, or null if there are none.
 PyObject* watchers_of(PyObject* self) {
+    if (!as_atom(self)->watchers.load(std::memory_order_acquire)) return nullptr;
     PyObject* w;
     Py_BEGIN_CRITICAL_SECTION(self);
-    w = Py_XNewRef(as_atom(self)->watchers);
+    w = Py_XNewRef(as_atom(self)->watchers.load(std::memory_order_relaxed));
     Py_END_CRITICAL_SECTION();
     return w;
 }
@@ -143,7 +149,7 @@ PyObject* atom_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
         }
         atom->cell = cell;
         atom->weakreflist = nullptr;
-        atom->watchers = nullptr;
+        new (&atom->watchers) std::atomic<PyObject*>(nullptr);
         return reinterpret_cast<PyObject*>(atom);
     });
     Py_XDECREF(owned_initial);
@@ -231,7 +237,7 @@ int atom_traverse(PyObject* self, visitproc visit, void* arg) {
     // The collector runs with the world stopped (free-threaded) or under the GIL with no
     // store in progress in C++, so the cell can be read without a borrow.
     if (atom->cell) Py_VISIT(atom->cell->unsynchronized_peek().get());
-    Py_VISIT(atom->watchers);
+    Py_VISIT(atom->watchers.load(std::memory_order_relaxed));
     return 0;
 }
 
@@ -245,13 +251,14 @@ PyObject* atom_watch(PyObject* self, PyObject* fn) {
     PyObject* dropped = nullptr;
     bool ok = true;
     Py_BEGIN_CRITICAL_SECTION(self);
-    const Py_ssize_t n = atom->watchers ? PyTuple_GET_SIZE(atom->watchers) : 0;
+    PyObject* const current = atom->watchers.load(std::memory_order_relaxed);
+    const Py_ssize_t n = current ? PyTuple_GET_SIZE(current) : 0;
     PyObject* grown = PyTuple_New(n + 1);
     if (grown) {
-        for (Py_ssize_t i = 0; i < n; ++i) PyTuple_SET_ITEM(grown, i, Py_NewRef(PyTuple_GET_ITEM(atom->watchers, i)));
+        for (Py_ssize_t i = 0; i < n; ++i) PyTuple_SET_ITEM(grown, i, Py_NewRef(PyTuple_GET_ITEM(current, i)));
         PyTuple_SET_ITEM(grown, n, Py_NewRef(fn));
-        dropped = atom->watchers;
-        atom->watchers = grown;
+        dropped = current;
+        atom->watchers.store(grown, std::memory_order_release);
     } else {
         ok = false;
     }
@@ -301,9 +308,9 @@ PyObject* atom_unwatch(PyObject* self, PyObject* fn) {
         bool replaced = false;
         PyObject* dropped = nullptr;
         Py_BEGIN_CRITICAL_SECTION(self);
-        if (atom->watchers == snapshot) {
-            dropped = atom->watchers;
-            atom->watchers = shrunk;
+        if (atom->watchers.load(std::memory_order_relaxed) == snapshot) {
+            dropped = snapshot;
+            atom->watchers.store(shrunk, std::memory_order_release);
             replaced = true;
         }
         Py_END_CRITICAL_SECTION();
@@ -317,7 +324,7 @@ PyObject* atom_unwatch(PyObject* self, PyObject* fn) {
 int atom_clear(PyObject* self) {
     AtomObject* atom = as_atom(self);
     if (atom->cell) atom->cell->exchange(object_ref(nullptr));
-    Py_CLEAR(atom->watchers);
+    Py_XDECREF(atom->watchers.exchange(nullptr, std::memory_order_acq_rel));
     return 0;
 }
 
@@ -327,7 +334,7 @@ void atom_dealloc(PyObject* self) {
     PyObject_GC_UnTrack(self);
     if (atom->weakreflist) PyObject_ClearWeakRefs(self);
     delete atom->cell;
-    Py_XDECREF(atom->watchers);
+    Py_XDECREF(atom->watchers.load(std::memory_order_relaxed));
     type->tp_free(self);
     Py_DECREF(type);
 }
