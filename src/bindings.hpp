@@ -349,4 +349,12 @@ extern PyType_Spec shared_map_iterator_spec;
 extern PyType_Spec transient_shared_map_spec;
 extern PyType_Spec shared_atom_spec;
 
+// Lets CPython's cross-interpreter machinery (interpreter queues, Interpreter.call, prepare_main)
+// move a SharedMap by reference on the versions where that is possible (shared_crossinterp.cpp).
+// Returns false with a Python error set.
+bool register_cross_interpreter_sharing(PyTypeObject* shared_map_type);
+
+// The name of the capsule holding a module's module_state, kept as `_state` in every type's dict.
+inline constexpr const char* state_capsule_name = "pypersistent._state";
+
 }  // namespace pypersistent::python

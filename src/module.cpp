@@ -13,8 +13,6 @@ using namespace pypersistent::python;
 
 namespace {
 
-constexpr const char* state_capsule_name = "pypersistent._state";
-
 void destroy_state(PyObject* capsule) {
     delete static_cast<module_state*>(PyCapsule_GetPointer(capsule, state_capsule_name));
 }
@@ -150,6 +148,9 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     py::object census = py::reinterpret_steal<py::object>(PyCFunction_New(&census_callback_def, capsule.ptr()));
     if (!census) throw py::error_already_set();
     py::module_::import("gc").attr("callbacks").attr("append")(census);
+
+    // SharedMap moves to other interpreters by reference where CPython allows it.
+    if (!register_cross_interpreter_sharing(state->shared_map_type)) throw py::error_already_set();
 
     for (std::size_t i = 0; i < types.size(); ++i) m.attr(type_table[i].exported_as) = types[i];
     m.attr("__version__") = PYPERSISTENT_VERSION;

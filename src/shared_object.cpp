@@ -34,6 +34,7 @@
 
 #include "bindings.hpp"
 #include "fill_support.hpp"
+#include "shared_object.hpp"
 #include "transient_support.hpp"
 
 namespace pypersistent::python {
@@ -1236,6 +1237,12 @@ PyType_Slot atom_slots[] = {
 };
 
 }  // namespace
+
+PyObject* new_shared_map_object(module_state* state, const shared_map& map) {
+    return guard([&] { return new_shared(state, shared_map(map)); });
+}
+
+const shared_map* shared_map_of(PyObject* o) noexcept { return is_shared_map(o) ? &as_shared(o)->map : nullptr; }
 
 PyType_Spec shared_map_spec = {
     "pypersistent.SharedMap",

@@ -45,12 +45,16 @@ pytestmark = [
 ]
 
 
-def run_in_subinterpreter(code: str) -> str | None:
+def run_in_subinterpreter(code: str, **main_attrs: object) -> str | None:
     """Run code in a new isolated subinterpreter (own GIL) and destroy it. Returns None on
-    success, or a description of the exception that escaped from code."""
+    success, or a description of the exception that escaped from code. main_attrs are passed
+    into the interpreter's __main__ by CPython's cross-interpreter machinery (as
+    Interpreter.prepare_main does)."""
     if _high_level is not None:
         interp = _high_level.create()
         try:
+            if main_attrs:
+                interp.prepare_main(**main_attrs)
             try:
                 interp.exec(code)
             except _high_level.ExecutionFailed as exc:
@@ -60,6 +64,8 @@ def run_in_subinterpreter(code: str) -> str | None:
             interp.close()
     interp_id = _low_level.create(_low_level.new_config("isolated"))
     try:
+        if main_attrs:
+            _low_level.set___main___attrs(interp_id, main_attrs)
         excinfo = _low_level.run_string(interp_id, code)
         if excinfo is None:
             return None
@@ -193,3 +199,75 @@ def test_maps_outlive_the_interpreters_that_built_them():
         assert hash(m) == hash(SharedMap(m.to_dict()))
         assert m.set("extra", 1)["extra"] == 1
     assert kept[-1].to_persistent()["round"] == rounds - 1
+
+
+# ---- moving a SharedMap itself: CPython's cross-interpreter data, by reference -----------------
+
+# The versions whose cross-interpreter registry the extension knows (src/shared_crossinterp.cpp).
+_moves_by_reference = (3, 13) <= sys.version_info[:2] < (3, 16)
+
+
+def _is_shareable(obj: object) -> bool:
+    if _high_level is not None:
+        return _high_level.is_shareable(obj)
+    return _low_level.is_shareable(obj)
+
+
+@pytest.mark.skipif(not _moves_by_reference, reason="no known cross-interpreter registry on this version")
+def test_shared_map_moves_to_another_interpreter_by_reference():
+    big = SharedMap({i: str(i) for i in range(10_000)}).set("nested", SharedMap(a=(1, 2.5, None)))
+    assert _is_shareable(big) and _is_shareable(SharedMap())
+    name = cell_name("moved")
+    cell = SharedAtom(name)
+    error = run_in_subinterpreter(
+        script(
+            """
+            from pypersistent import SharedAtom, SharedMap
+            assert type(m) is SharedMap, type(m)
+            assert len(m) == 10_001 and m[4_321] == "4321" and m["nested"]["a"] == (1, 2.5, None)
+            SharedAtom(name).reset(m)  # back to the main interpreter, through the cell
+            """
+        ),
+        m=big,
+        name=name,
+    )
+    assert error is None, error
+    # The cell holds the very trie that was sent (compare_and_set compares identity): no copy
+    # was made on the way, and it outlives the interpreter that received it.
+    assert cell.deref() == big
+    assert cell.compare_and_set(big, SharedMap())
+    assert cell.deref() == SharedMap()
+
+
+@pytest.mark.skipif(
+    not _moves_by_reference or _high_level is None, reason="needs concurrent.interpreters queues (3.14+)"
+)
+def test_shared_map_passes_through_an_interpreter_queue():
+    queue = _high_level.create_queue()
+    original = SharedMap({i: i * i for i in range(1_000)})
+    queue.put(original)
+    received = queue.get()
+    assert type(received) is SharedMap and received == original
+    name = cell_name("queued")
+    cell = SharedAtom(name)
+    cell.reset(original)
+    assert cell.compare_and_set(received, SharedMap())  # the same trie, not a copy
+    # A map built in another interpreter and put on the queue there, still in use here after
+    # that interpreter is gone. (CPython unbinds the queue items an interpreter put when it is
+    # closed, so the item is taken before.)
+    interp = _high_level.create()
+    try:
+        interp.prepare_main(queue=queue)
+        interp.exec(
+            script(
+                """
+                from pypersistent import SharedMap
+                queue.put(SharedMap({("k", i): i for i in range(500)}).set("from", "sub"))
+                """
+            )
+        )
+        built_there = queue.get()
+    finally:
+        interp.close()
+    assert type(built_there) is SharedMap
+    assert len(built_there) == 501 and built_there["from"] == "sub" and built_there[("k", 7)] == 7
