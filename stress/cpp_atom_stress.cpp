@@ -60,68 +60,18 @@ namespace pp = pypersistent;
 
 namespace {
 
-// ---- configuration and failure reporting ------------------------------------------------------
+// ---- configuration (the common options and failure reporting: stress_support.hpp) -----------
 
-struct config {
-    unsigned threads = 16;
-    std::uint64_t ops = 10000;
-    unsigned readers = 4;
-    std::uint64_t seed = 1;
+struct config : stress::thread_options {
     unsigned hammer_ms = 2000;
+    bool hammer_given = false;  // --hammer-ms was given: --short keeps it
     bool verbose = false;
+    config() { ops = 10000; }
 } g_cfg;
 
-using stress::g_checks;
-using stress::g_failures;
 using stress::parse_number;
-using stress::t_checks;
-
-// Starts every thread at once (a spin on an atomic flag: the threads are all running before any
-// of them starts working), joins them, and turns exceptions into failures.
-void run_threads(unsigned n, const std::function<void(unsigned)>& body, const char* phase) {
-    std::atomic<unsigned> ready{0};
-    std::atomic<bool> go{false};
-    std::vector<std::exception_ptr> errors(n);
-    std::vector<std::thread> threads;
-    threads.reserve(n);
-    for (unsigned t = 0; t < n; ++t) {
-        threads.emplace_back([&, t] {
-            ready.fetch_add(1, std::memory_order_acq_rel);
-            while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-            try {
-                body(t);
-            } catch (...) {
-                errors[t] = std::current_exception();
-            }
-            g_checks.fetch_add(std::exchange(t_checks, 0), std::memory_order_relaxed);
-        });
-    }
-    while (ready.load(std::memory_order_acquire) < n) std::this_thread::yield();
-    go.store(true, std::memory_order_release);
-    for (auto& th : threads) th.join();
-    for (unsigned t = 0; t < n; ++t) {
-        if (!errors[t]) continue;
-        try {
-            std::rethrow_exception(errors[t]);
-        } catch (const std::exception& e) {
-            CHECK(false, "%s: thread %u threw: %s", phase, t, e.what());
-        } catch (...) {
-            CHECK(false, "%s: thread %u threw a non-standard exception", phase, t);
-        }
-    }
-}
-
-struct rng {
-    std::uint64_t s;
-    explicit rng(std::uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull) {}
-    std::uint64_t next() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        return s;
-    }
-    std::uint32_t below(std::uint32_t n) { return static_cast<std::uint32_t>(next() % n); }
-};
+using stress::run_threads;
+using rng = stress::xorshift_rng;
 
 // ---- counting node policy (stress_support.hpp) ----------------------------------------------
 
@@ -596,44 +546,22 @@ void phase_hammer() {
 }  // namespace
 
 int main(int argc, char** argv) {
-    bool short_run = false, ops_given = false, hammer_given = false;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        auto value = [&]() -> const char* {
-            if (i + 1 >= argc) usage(argv[0], ("missing value for " + a).c_str());
-            return argv[++i];
-        };
-        if (a == "--short") {
-            short_run = true;
-        } else if (a == "--threads") {
-            g_cfg.threads = static_cast<unsigned>(parse_number(argv[0], "--threads", value()));
-        } else if (a == "--ops") {
-            g_cfg.ops = parse_number(argv[0], "--ops", value());
-            ops_given = true;
-        } else if (a == "--readers") {
-            g_cfg.readers = static_cast<unsigned>(parse_number(argv[0], "--readers", value()));
-        } else if (a == "--hammer-ms") {
+    stress::parse_thread_options(argc, argv, g_cfg, usage, [&](const std::string& a, auto value) {
+        if (a == "--hammer-ms") {
             g_cfg.hammer_ms = static_cast<unsigned>(parse_number(argv[0], "--hammer-ms", value()));
-            hammer_given = true;
-        } else if (a == "--seed") {
-            g_cfg.seed = parse_number(argv[0], "--seed", value());
+            g_cfg.hammer_given = true;
         } else if (a == "--verbose") {
             g_cfg.verbose = true;
-        } else if (a == "-h" || a == "--help") {
-            usage(argv[0], nullptr);
         } else {
-            usage(argv[0], ("unknown argument " + a).c_str());
+            return false;
         }
-    }
-    if (short_run && !ops_given) g_cfg.ops = 1000;
-    if (short_run && !hammer_given) g_cfg.hammer_ms = 1000;
-    if (g_cfg.threads < 1 || g_cfg.threads > 1000) usage(argv[0], "--threads must be in 1..1000");
-    if (g_cfg.readers > 1000) usage(argv[0], "--readers must be in 0..1000");
-    if (g_cfg.ops < 1 || g_cfg.ops > 100000000) usage(argv[0], "--ops must be in 1..100000000");
+        return true;
+    });
+    if (g_cfg.short_run && !g_cfg.ops_given) g_cfg.ops = 1000;
+    if (g_cfg.short_run && !g_cfg.hammer_given) g_cfg.hammer_ms = 1000;
+    stress::check_thread_options(argv[0], g_cfg, 1, usage);
 
-    std::printf("cpp_atom_stress: %u writer threads x %" PRIu64 " ops, %u readers, seed %" PRIu64 "\n", g_cfg.threads,
-                g_cfg.ops, g_cfg.readers, g_cfg.seed);
-    std::fflush(stdout);
+    stress::print_start("cpp_atom_stress", g_cfg);
     const auto t0 = std::chrono::steady_clock::now();
 
     phase_counters();
@@ -646,11 +574,6 @@ int main(int argc, char** argv) {
     CHECK(g_size_mismatches.load() == 0, "%" PRIu64 " node deallocations were given a size other than the allocated one",
           g_size_mismatches.load());
 
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    g_checks.fetch_add(std::exchange(t_checks, 0), std::memory_order_relaxed);
-    const std::uint64_t failures = g_failures.load();
-    std::printf("cpp_atom_stress: %s: %" PRIu64 " checks, %" PRIu64 " failures, %" PRIu64
-                " map nodes allocated (0 alive), %.2f s\n",
-                failures ? "FAILED" : "OK", g_checks.load(), failures, stress::g_total_allocations.load(), seconds);
-    return failures ? 1 : 0;
+    return stress::print_end("cpp_atom_stress", t0,
+                             ", " + std::to_string(stress::g_total_allocations.load()) + " map nodes allocated (0 alive)");
 }

@@ -69,21 +69,21 @@ unless that is set), so ``--steps N`` replays a failure at step N; with threads 
 
 Importable: ``run(seconds=..., seed=..., threads=...)`` returns a ``Result``; the stress
 suite (stress/test_stress_adversarial.py) runs it in-process, and tests/
-test_adversarial_fuzz.py runs this script in a subprocess.
+test_adversarial_fuzz.py runs this script in a subprocess. The harness (threads, contexts,
+failure records, expected exceptions, the driver and command line) is tests/fuzz_support.py,
+shared with tests/adversarial_fuzz_collections.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
-import faulthandler
+import functools
 import gc
 import os
 import pickle
 import random
 import sys
-import threading
 import time
 import traceback
 import weakref
@@ -94,6 +94,46 @@ _chain = chain.from_iterable
 
 import pypersistent
 from pypersistent import Atom, PersistentMap, TransientMap
+
+# The harness both adversarial fuzzers share sits next to this file; the stress suite loads this
+# file by path, without tests/ on sys.path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import fuzz_support  # noqa: E402
+from fuzz_support import (  # noqa: E402
+    CATCH,
+    FAILED,
+    MAX_DEPTH,
+    T_EQ_BADBOOL,
+    T_EQ_FLIP,
+    T_EQ_RAISE,
+    T_EQ_RANDOM,
+    T_HASH_RAISE,
+    T_HASH_VARY,
+    ActionTraits,
+    Hostile,
+    absorb,
+    active_state,
+    attempt,
+    classify,
+    ctx,
+    drop_refs,
+    expect_finished,
+    fail,
+    hostile,
+    hostile_del,
+    hostile_eq,
+    hostile_hash,
+    instance_counter,
+    op_drop,
+    op_flip,
+    op_gc,
+    reg_add,
+    verify_shared_iter,
+    watch,
+)
 
 KEYS_TYPE = type(PersistentMap().keys())
 VALUES_TYPE = type(PersistentMap().values())
@@ -119,12 +159,7 @@ KNOWN_BUG_FEATURES = {
 # Hostile traits and the shared mode
 # --------------------------------------------------------------------------------------
 
-T_HASH_RAISE = 1 << 0
-T_HASH_VARY = 1 << 1
-T_EQ_RAISE = 1 << 2
-T_EQ_RANDOM = 1 << 3
-T_EQ_FLIP = 1 << 4
-T_EQ_BADBOOL = 1 << 5
+# Bits 0 to 5 (T_HASH_RAISE ... T_EQ_BADBOOL) are fuzz_support's.
 T_REENTER = 1 << 6
 T_DROP = 1 << 7
 T_GC = 1 << 8
@@ -144,126 +179,6 @@ MODE = [0]
 BUCKETS = 8
 N_KEY_VALUES = 24
 
-MAX_DEPTH = 2  # nesting of hostile re-entry per thread
-
-
-class Hostile(Exception):
-    """Raised on purpose by hostile code."""
-
-
-class HostileMemoryError(MemoryError):
-    """Raised on purpose: C code sometimes treats MemoryError specially."""
-
-
-class HostileBase(BaseException):
-    """Raised on purpose: not an Exception (like KeyboardInterrupt)."""
-
-
-#: What the fuzzer catches around each call: everything hostile code may raise.
-CATCH = (Exception, HostileBase)
-
-
-_STATE: Optional["State"] = None
-_tls = threading.local()
-_COUNTS: List[List[int]] = []  # one [created, deleted] per thread; only its owner writes it
-
-
-def _counter() -> List[int]:
-    try:
-        return _tls.counter
-    except AttributeError:
-        cnt = _tls.counter = [0, 0]
-        _COUNTS.append(cnt)
-        return cnt
-
-
-def live_instances() -> int:
-    """HKey/HVal instances created and not yet finalized (all runs of this process)."""
-    return sum(c[0] - c[1] for c in list(_COUNTS))
-
-
-def _active() -> Optional["State"]:
-    st = _STATE
-    return st if st is not None and st.active else None
-
-
-class BadBool:
-    """Returned by a hostile __eq__: its truth value raises (after maybe re-entering)."""
-
-    __slots__ = ("act",)
-
-    def __init__(self, act: int) -> None:
-        self.act = act
-
-    def __bool__(self) -> bool:
-        st = _active()
-        if st is not None:
-            hostile(ctx(), st, self.act)
-        raise Hostile("__bool__")
-
-
-def _hostile_hash(obj: Any, act: int) -> int:
-    st = _active()
-    if st is None:
-        return obj.h
-    c = ctx()
-    if act & T_ACTIONS:
-        hostile(c, st, act)
-    rng = c.rng
-    if act & T_HASH_RAISE and rng.random() < 0.25:
-        c.hostile["hash-raise"] += 1
-        raise Hostile("__hash__")
-    if act & T_HASH_VARY and rng.random() < 0.5:
-        c.hostile["hash-vary"] += 1
-        r = rng.random()
-        if r < 0.9:
-            return obj.h + 1
-        return -1 if r < 0.95 else obj.h + (1 << 64)  # hash() makes these -2 and h + 1 (mod 2**61 - 1)
-    return obj.h
-
-
-def _hostile_eq(obj: Any, other: Any, act: int) -> Any:
-    normal = type(other) is type(obj) and obj.n == other.n
-    st = _active()
-    if st is None:
-        return normal
-    c = ctx()
-    if act & T_ACTIONS:
-        hostile(c, st, act)
-    rng = c.rng
-    if act & T_EQ_RAISE and rng.random() < 0.25:
-        c.hostile["eq-raise"] += 1
-        r = rng.random()
-        if r < 0.05:
-            raise HostileBase("__eq__")
-        if r < 0.1:
-            raise HostileMemoryError("__eq__")
-        raise Hostile("__eq__")
-    if act & T_EQ_BADBOOL and rng.random() < 0.25:
-        c.hostile["eq-badbool"] += 1
-        return BadBool(act)
-    if act & T_EQ_FLIP:
-        c.hostile["eq-flip"] += 1
-        obj.flip ^= 1  # a different answer on each call, for any pair
-        return bool(obj.flip)
-    if act & T_EQ_RANDOM:
-        c.hostile["eq-random"] += 1
-        r = rng.random()
-        return NotImplemented if r < 0.1 else r < 0.55
-    return normal
-
-
-def _hostile_del(act: int) -> None:
-    st = _active()
-    if st is None:
-        return
-    c = ctx()
-    c.hostile["del"] += 1
-    try:
-        hostile(c, st, act | T_DROP)
-    except CATCH as e:  # a finalizer must not raise; still classify it
-        absorb(c, e)
-
 
 class _Hostile:
     """What hostile keys and values share. Equal n (and the same class) means equal when
@@ -277,7 +192,7 @@ class _Hostile:
         self.h = n % BUCKETS
         self.traits = traits
         self.flip = 0
-        _counter()[0] += 1
+        instance_counter()[0] += 1
 
     def __reduce__(self) -> Any:
         return (type(self), (self.n, self.traits))
@@ -286,23 +201,23 @@ class _Hostile:
         act = self.traits & MODE[0]
         if not act & T_HASHY:
             return self.h
-        return _hostile_hash(self, act)
+        return hostile_hash(self, act)
 
     def __eq__(self, other: object) -> Any:
         act = self.traits & MODE[0]
         if not act & T_EQY:
             return type(other) is type(self) and self.n == other.n  # type: ignore[attr-defined]
-        return _hostile_eq(self, other, act)
+        return hostile_eq(self, other, act)
 
     def __repr__(self) -> str:
         return f"{self.prefix}{self.n}"
 
     def __del__(self) -> None:
         try:
-            _counter()[1] += 1
+            instance_counter()[1] += 1
             act = self.traits & MODE[0]
             if act & T_DEL:
-                _hostile_del(act)
+                hostile_del(act)
         except BaseException:  # noqa: BLE001 - nothing may escape a finalizer
             pass
 
@@ -331,13 +246,13 @@ class HMapping:
         self.act = act
 
     def keys(self) -> list:
-        st = _active()
+        st = active_state()
         if st is not None and self.act:
             hostile(ctx(), st, self.act)
         return [k for k, _ in self.pairs]
 
     def __getitem__(self, key: Any) -> Any:
-        st = _active()
+        st = active_state()
         if st is not None and self.act:
             c = ctx()
             hostile(c, st, self.act)
@@ -385,156 +300,20 @@ class _Probe:
 
 
 # --------------------------------------------------------------------------------------
-# Per-thread context, failures, expected exceptions
+# Per-thread context (failures and expected exceptions are fuzz_support's)
 # --------------------------------------------------------------------------------------
 
 
-class Ctx:
-    """What one thread is doing: its random source, the objects hostile code may re-enter,
-    its counters."""
+class Ctx(fuzz_support.Ctx):
+    """fuzz_support.Ctx, and what hostile code put into the transient being edited."""
 
     def __init__(self, st: "State", index: int, seed: int) -> None:
-        self.run = st
-        self.index = index
-        self.rng = random.Random(seed)
-        self.depth = 0
-        self.step = 0
-        self.op = "-"
-        self.cur_map: Any = None
-        self.cur_transient: Any = None
-        self.cur_source: Any = None
+        super().__init__(st, index, seed)
         self.t_added: list = []  # pairs hostile code put into cur_transient
-        self.src_mutated = False  # hostile code re-inserted/duplicated pairs of a source this step
-        self.ops = 0
-        self.steps = 0
-        self.expected: collections.Counter = collections.Counter()
-        self.hostile: collections.Counter = collections.Counter()  # hostile actions taken
 
     def clear(self) -> None:
-        self.cur_map = self.cur_transient = self.cur_source = None
+        super().clear()
         self.t_added = []
-        self.src_mutated = False
-
-
-def ctx() -> Ctx:
-    c = getattr(_tls, "ctx", None)
-    st = _STATE
-    if c is None or (st is not None and c.run is not st):
-        # A thread that is not a worker (the flipper, a finalizer run at teardown).
-        seed = (st.seed if st else 0) * 1_000_003 + threading.get_ident() % 1_000_003
-        c = Ctx(st, -1, seed)  # type: ignore[arg-type]
-        _tls.ctx = c
-        if st is not None:
-            st.ctxs.append(c)
-    return c
-
-
-class Failure:
-    def __init__(self, c: Ctx, kind: str, msg: str, tb: str) -> None:
-        self.thread = c.index
-        self.step = c.step
-        self.op = c.op
-        self.kind = kind
-        self.msg = msg
-        self.tb = tb
-
-    @property
-    def known(self) -> bool:
-        return self.kind in ("deferred-release",)
-
-    def describe(self, seed: int) -> str:
-        known = " (known bug)" if self.known else ""
-        return (
-            f"FAILURE{known} [{self.kind}] seed={seed} thread={self.thread} step={self.step} "
-            f"op={self.op}: {self.msg}\n{self.tb}"
-        )
-
-
-def fail(kind: str, msg: str, tb: Optional[str] = None) -> None:
-    c = ctx()
-    st = c.run or _STATE
-    if tb is None:
-        tb = "".join(traceback.format_stack(limit=6)[:-1])
-    rec = Failure(c, kind, msg, tb)
-    if st is not None:
-        st.failures.append(rec)
-        if st.stop_on_failure:
-            st.stop = True
-    else:  # pragma: no cover - outside a run
-        sys.stderr.write(rec.describe(-1) + "\n")
-
-
-EXPECTED_RUNTIME_MESSAGES = (
-    ("two places at once", "RuntimeError(busy)"),
-    ("is finished", "RuntimeError(finished)"),
-    ("in use by another thread", "RuntimeError(busy)"),
-    ("changed size during iteration", "RuntimeError(source changed)"),
-    ("Atom was cleared", "RuntimeError(atom cleared)"),
-)
-
-
-def classify(e: BaseException, extra: tuple = ()) -> Optional[str]:
-    """The counter name of an expected exception, None for an unexpected one."""
-    if isinstance(e, Hostile):
-        return "Hostile"
-    if isinstance(e, HostileMemoryError):
-        return "Hostile(MemoryError)"
-    if isinstance(e, HostileBase):
-        return "Hostile(BaseException)"
-    if isinstance(e, RecursionError):
-        return "RecursionError"
-    if isinstance(e, RuntimeError):
-        s = str(e)
-        for m, name in EXPECTED_RUNTIME_MESSAGES:
-            if m in s:
-                return name
-        return None
-    if isinstance(e, TypeError):
-        return "TypeError"
-    for t in extra:
-        if isinstance(e, t):
-            return type(e).__name__
-    return None
-
-
-def absorb(c: Ctx, e: BaseException, extra: tuple = ()) -> Optional[str]:
-    name = classify(e, extra)
-    if name is None:
-        fail(
-            "unexpected-exception",
-            f"{type(e).__name__}: {e!s:.300}",
-            "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=12)),
-        )
-        return None
-    c.expected[name] += 1
-    return name
-
-
-class _FailedType:
-    def __repr__(self) -> str:
-        return "FAILED"
-
-
-FAILED: Any = _FailedType()
-
-
-def attempt(fn: Callable, *args: Any, _extra: tuple = (), _forbid: tuple = (), _what: str = "") -> Any:
-    """fn(*args), or FAILED after counting an expected exception / recording a failure.
-    Exceptions of the types in _forbid are failures even where they are expected elsewhere."""
-    c = ctx()
-    c.ops += 1
-    try:
-        return fn(*args)
-    except CATCH as e:
-        if _forbid and isinstance(e, _forbid):
-            fail(
-                "wrong-exception",
-                f"{_what or getattr(fn, '__name__', 'call')}: {type(e).__name__}: {e!s:.300}",
-                "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=12)),
-            )
-        else:
-            absorb(c, e, _extra)
-        return FAILED
 
 
 # --------------------------------------------------------------------------------------
@@ -572,40 +351,26 @@ class SharedIter:
         self.keep = keep
 
 
-class State:
-    def __init__(self, seed: int, threads: int, excluded: set, pool_cap: int, stop_on_failure: bool) -> None:
-        self.seed = seed
-        self.threads = threads
-        self.excluded = excluded
-        self.pool_cap = pool_cap
-        self.stop_on_failure = stop_on_failure
-        self.active = True
-        self.stop = False
-        self.pool: List[Version] = []
-        self.reg: list = []
-        self.reg_cap = 48
-        self.atoms: List[Atom] = []
-        self.shared_iters: List[SharedIter] = []
-        self.weakrefs: list = []  # weakrefs with hostile callbacks
+class State(fuzz_support.State):
+    """fuzz_support.State, and the shared hostile keys and values every thread draws from."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.shared_keys: List[HKey] = []
         self.shared_values: List[Any] = []
-        self.failures: List[Failure] = []
-        self.ctxs: List[Ctx] = []
-        self.trace_fd: Optional[int] = None
         self.probe_counter = 0
-        self.deadline = float("inf")
 
-    def allows(self, feature: str) -> bool:
-        return feature not in self.excluded
+    def populate(self, rng: random.Random) -> None:
+        self.shared_keys = [HKey(i % N_KEY_VALUES, random_traits(rng)) for i in range(2 * N_KEY_VALUES)]
+        self.shared_values = [HVal(i, random_traits(rng)) for i in range(16)]
+        self.atoms = [Atom(), Atom(PersistentMap(a=1)), Atom()]
 
+    def flippable(self) -> list:
+        return self.shared_keys
 
-def trace(c: Ctx) -> None:
-    fd = c.run.trace_fd
-    if fd is not None:
-        try:
-            os.write(fd, f"thread {c.index} step {c.step} {c.op}\n".encode())
-        except OSError:
-            pass
+    def drop_shared(self) -> None:
+        self.shared_keys = []
+        self.shared_values = []
 
 
 # --------------------------------------------------------------------------------------
@@ -681,36 +446,6 @@ def pick_version(c: Ctx) -> Version:
                 return v
         c.expected["retry"] += 1
         MODE[0] &= c.rng.getrandbits(N_TRAITS)  # calm down a little
-
-
-def _weakref_callback(ref: Any) -> None:
-    """Runs while a map/transient/Atom is being deallocated: hostile too."""
-    st = _active()
-    if st is None:
-        return
-    c = ctx()
-    c.hostile["weakref-callback"] += 1
-    try:
-        hostile(c, st, T_ACTIONS)
-    except CATCH as e:
-        absorb(c, e)
-
-
-def watch(st: State, obj: Any, rng: random.Random) -> None:
-    """Sometimes attach a hostile weakref callback to obj (kept in st.weakrefs)."""
-    if rng.random() < 0.1:
-        st.weakrefs.append(weakref.ref(obj, _weakref_callback))
-        if len(st.weakrefs) > 256:
-            del st.weakrefs[:128]
-
-
-def reg_add(st: State, obj: Any, rng: random.Random) -> None:
-    st.reg.append(obj)
-    if len(st.reg) > st.reg_cap:
-        try:
-            st.reg.pop(rng.randrange(len(st.reg)))
-        except IndexError:
-            pass
 
 
 class Source:
@@ -816,57 +551,11 @@ def call_with_source(src: Source, fn: Callable, *args: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-def hostile(c: Ctx, st: State, act: int) -> None:
-    """Run the hostile actions `act` enables (each with some probability)."""
-    if c.depth >= MAX_DEPTH or not st.active:
-        return
-    rng = c.rng
-    c.depth += 1
-    try:
-        if act & T_FLIP and rng.random() < 0.2:
-            c.hostile["flip"] += 1
-            MODE[0] = rng.getrandbits(N_TRAITS)
-        if act & T_GC and rng.random() < 0.02:
-            c.hostile["gc"] += 1
-            c.ops += 1
-            gc.collect()
-        if act & T_DROP and rng.random() < 0.3:
-            c.hostile["drop"] += 1
-            drop_refs(c, st)
-        if act & T_REENTER and rng.random() < 0.35:
-            c.hostile["reenter"] += 1
-            reenter(c, st)
-    except CATCH as e:
-        absorb(c, e, (KeyError,))
-    finally:
-        c.depth -= 1
-    if act & T_REENTER and rng.random() < 0.05:
-        raise Hostile("after re-entering")
-
-
-def drop_refs(c: Ctx, st: State) -> None:
-    rng = c.rng
-    x = rng.random()
-    if x < 0.2:
-        st.reg.clear()
-    elif x < 0.75:
-        for _ in range(rng.randrange(1, 6)):
-            try:
-                st.reg.pop(rng.randrange(len(st.reg)))
-            except (IndexError, ValueError):
-                break
-    else:
-        try:
-            st.pool.pop(rng.randrange(len(st.pool)))
-        except (IndexError, ValueError):
-            pass
-
-
 def reenter(c: Ctx, st: State) -> None:
     rng = c.rng
     r = rng.randrange(8)
     if r <= 1:  # the map being operated on (or another one)
-        m = c.cur_map if c.cur_map is not None and rng.random() < 0.7 else random_map(st, rng)
+        m = c.cur_obj if c.cur_obj is not None and rng.random() < 0.7 else random_map(st, rng)
         if m is None:
             return
         k = pick_key(c)
@@ -987,7 +676,7 @@ def reenter(c: Ctx, st: State) -> None:
         if its:
             attempt(next, rng.choice(its), None)
     else:  # traverse the object being edited, from inside the edit
-        target = c.cur_transient if c.cur_transient is not None else c.cur_map
+        target = c.cur_transient if c.cur_transient is not None else c.cur_obj
         if target is not None:
             c.ops += 1
             gc.get_referents(target)
@@ -1044,17 +733,6 @@ def check_version(v: Version) -> bool:
     return True
 
 
-def check_pool(c: Ctx) -> None:
-    st = c.run
-    for v in list(st.pool):
-        if not check_version(v):
-            return
-    for a in list(st.atoms):
-        cur = a.deref()
-        if type(cur) is not PersistentMap:
-            fail("check", f"Atom holds a {type(cur).__name__}")
-
-
 def check_derived(
     what: str,
     res: Version,
@@ -1102,25 +780,6 @@ def check_subset(what: str, res: Version, base: list, max_lost: Optional[int]) -
         fail("check", f"{what}: entries that were not in the map")
     elif max_lost is not None and len(base) - len(res.kids) > max_lost:
         fail("check", f"{what}: {len(base)} -> {len(res.kids)} entries")
-
-
-def expect_runtime_error(what: str, fn: Callable, *args: Any) -> None:
-    """fn(*args) on a finished transient must raise RuntimeError (finished) before it looks
-    at its arguments."""
-    c = ctx()
-    c.ops += 1
-    try:
-        fn(*args)
-    except RuntimeError as e:
-        if classify(e) == "RuntimeError(finished)":
-            c.expected["RuntimeError(finished)"] += 1
-            return
-        fail("check", f"{what} on a finished TransientMap raised {type(e).__name__}: {e}")
-        return
-    except Exception as e:
-        fail("check", f"{what} on a finished TransientMap raised {type(e).__name__}, not RuntimeError: {e!s:.200}")
-        return
-    fail("check", f"{what} on a finished TransientMap did not raise")
 
 
 def ident(x: Any, kind: int) -> Any:
@@ -1226,7 +885,7 @@ def op_build(c: Ctx, st: State) -> None:
 
 def op_set(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     k, val = pick_key(c), pick_value(c)
     res = attempt(m.set if c.rng.random() < 0.5 else m.assoc, k, val)
     if res is not FAILED:
@@ -1237,7 +896,7 @@ def op_set(c: Ctx, st: State) -> None:
 
 def op_delete(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     if v.items and c.rng.random() < 0.6:
         k = c.rng.choice(v.items)[0]
     else:
@@ -1251,7 +910,7 @@ def op_delete(c: Ctx, st: State) -> None:
 
 def op_lookup(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     rng = c.rng
     k = rng.choice(v.items)[0] if v.items and rng.random() < 0.5 else pick_key(c)
     vals = set(v.vids)
@@ -1281,7 +940,7 @@ def op_lookup(c: Ctx, st: State) -> None:
 
 def op_update(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     rng = c.rng
     src = make_source(c, st, allow_map=st.allows("map_merge"))
     c.cur_source = src.obj
@@ -1304,7 +963,7 @@ def op_update(c: Ctx, st: State) -> None:
 
 def op_or(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     rng = c.rng
     x = rng.randrange(3)
     if x == 0 and st.allows("map_merge"):
@@ -1338,7 +997,7 @@ def op_or(c: Ctx, st: State) -> None:
 
 def op_compare(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     rng = c.rng
     x = rng.randrange(5)
     if x == 0:
@@ -1360,7 +1019,7 @@ def op_compare(c: Ctx, st: State) -> None:
 
 def op_hash_repr(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     x = c.rng.randrange(4)
     if x <= 1:
         h = attempt(hash, m)
@@ -1378,7 +1037,7 @@ def op_hash_repr(c: Ctx, st: State) -> None:
 
 def op_copy(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     x = c.rng.randrange(5)
     if x == 0:
         data = attempt(pickle.dumps, m)
@@ -1414,7 +1073,7 @@ def op_copy(c: Ctx, st: State) -> None:
 def op_reinit(c: Ctx, st: State) -> None:
     """__init__ / __new__ called again on live objects must not change them."""
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     rng = c.rng
     x = rng.randrange(3)
     if x == 0:
@@ -1436,7 +1095,7 @@ def op_reinit(c: Ctx, st: State) -> None:
 
 def op_views(c: Ctx, st: State) -> None:
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     rng = c.rng
     kind = rng.randrange(3)
     view = (m.keys, m.values, m.items)[kind]()
@@ -1524,7 +1183,7 @@ def op_views(c: Ctx, st: State) -> None:
             st.pool.remove(v)
         except ValueError:
             pass
-        c.cur_map = None
+        c.cur_obj = None
         del m, v
         if rng.random() < 0.2:
             gc.collect()
@@ -1584,7 +1243,7 @@ def op_shared_iter(c: Ctx, st: State) -> None:
             except (IndexError, ValueError):
                 old = None
             if old is not None:
-                verify_shared_iter(old, final=False)
+                verify_shared_iter(st, old, final=False)
         return
     rec = rng.choice(its)
     for _ in range(rng.randrange(1, 8)):
@@ -1600,19 +1259,11 @@ def op_shared_iter(c: Ctx, st: State) -> None:
         fail("check", f"shared iterator: __length_hint__ {hint}")
 
 
-def verify_shared_iter(rec: SharedIter, final: bool) -> None:
-    got = collections.Counter(rec.got)
-    if got - rec.expected:
-        fail("check", "a shared iterator handed out an entry twice or one not in its map")
-    elif final and rec.exhausted and got != rec.expected:
-        fail("check", f"a shared iterator ended after {len(rec.got)} of {sum(rec.expected.values())} entries")
-
-
 def op_transient(c: Ctx, st: State) -> None:
     """Edit a transient of this thread, finish it, check the result and use-after-finish."""
     rng = c.rng
     v = pick_version(c)
-    m = c.cur_map = v.map
+    m = c.cur_obj = v.map
     t = m.transient()
     watch(st, t, rng)
     c.cur_transient = t
@@ -1698,13 +1349,13 @@ def op_transient(c: Ctx, st: State) -> None:
     k = pick_key(c)
     x = rng.randrange(6)
     if x == 0:
-        expect_runtime_error("t[k] = v", t.__setitem__, k, 1)
+        expect_finished("t[k] = v", t.__setitem__, k, 1)
     elif x == 1:
-        expect_runtime_error("del t[k]", t.__delitem__, k)
+        expect_finished("del t[k]", t.__delitem__, k)
     elif x == 2:
-        expect_runtime_error("t.get()", t.get, k)
+        expect_finished("t.get()", t.get, k)
     elif x == 3:
-        expect_runtime_error("len(t)", len, t)
+        expect_finished("len(t)", len, t)
     elif x == 4:
         # persistent() on a finished transient returns the map it was finished into, every time.
         c.ops += 1
@@ -1719,7 +1370,7 @@ def op_transient(c: Ctx, st: State) -> None:
             elif res is not FAILED and again is not res:
                 fail("check", "t.persistent() twice returned two different maps")
     else:
-        expect_runtime_error("t.update()", t.update, [(k, 1)])
+        expect_finished("t.update()", t.update, [(k, 1)])
     if rng.random() < 0.2:
         reg_add(st, t, rng)
     c.t_added = []
@@ -1807,7 +1458,7 @@ def op_atom(c: Ctx, st: State) -> None:
 
         def fn(cur: Any, key: Any, value: Any, extra: Any = None) -> Any:
             calls[0] += 1
-            c.cur_map = cur
+            c.cur_obj = cur
             if calls[0] <= 3:
                 y = rng.random()
                 if y < 0.2:
@@ -1929,19 +1580,6 @@ def op_deep_chain(c: Ctx, st: State) -> None:
     del m  # deallocation must not recurse through the whole chain
 
 
-def op_drop(c: Ctx, st: State) -> None:
-    drop_refs(c, st)
-
-
-def op_gc(c: Ctx, st: State) -> None:
-    c.ops += 1
-    gc.collect()
-
-
-def op_flip(c: Ctx, st: State) -> None:
-    MODE[0] = c.rng.getrandbits(N_TRAITS)
-
-
 OPS: list = [
     (op_build, 10, None),
     (op_set, 12, None),
@@ -1973,290 +1611,37 @@ OPS: list = [
 # --------------------------------------------------------------------------------------
 
 
-class Result:
-    def __init__(self) -> None:
-        self.seed = 0
-        self.threads = 1
-        self.steps = 0
-        self.ops = 0
-        self.elapsed = 0.0
-        self.expected: collections.Counter = collections.Counter()
-        self.hostile: collections.Counter = collections.Counter()
-        self.failures: List[Failure] = []
-        self.leaked = 0
-        self.unfinalized = 0  # instances freed without their __del__ body running (see run())
-        self.leak_details = ""
-        self.excluded: List[str] = []
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def report(self, max_failures: int = 8) -> str:
-        lines = []
-        rate = self.ops / self.elapsed if self.elapsed > 0 else 0.0
-        lines.append(
-            f"seed={self.seed} threads={self.threads} excluded={','.join(self.excluded) or '-'} "
-            f"elapsed={self.elapsed:.1f}s ({self.steps / max(self.elapsed, 1e-9):.0f} steps/s, {rate:.0f} ops/s)"
-        )
-        lines.append("hostile actions: " + (", ".join(f"{k}={v}" for k, v in sorted(self.hostile.items())) or "none"))
-        lines.append("expected exceptions: " + (", ".join(f"{k}={v}" for k, v in sorted(self.expected.items())) or "none"))
-        for f in self.failures[:max_failures]:
-            lines.append(f.describe(self.seed))
-        if len(self.failures) > max_failures:
-            lines.append(f"... and {len(self.failures) - max_failures} more failures")
-        if self.failures:
-            f = self.failures[0]
-            if self.threads == 1:
-                lines.append(
-                    f"replay: PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', '?')} {sys.executable} "
-                    f"tests/adversarial_fuzz.py --seed {self.seed} --steps {f.step + 1} --trace -"
-                    + (f" --exclude {','.join(self.excluded)}" if self.excluded else "")
-                )
-            else:
-                lines.append(f"(threads={self.threads}: not deterministic; first failure at thread {f.thread} step {f.step})")
-        if self.unfinalized:
-            lines.append(f"({self.unfinalized} instances were freed without their __del__ running: RecursionError at the call)")
-        lines.append(f"adversarial fuzz: {self.steps} steps, {self.ops} operations, {len(self.failures)} failures")
-        return "\n".join(lines)
+FUZZER = fuzz_support.Fuzzer(
+    name="adversarial_fuzz",
+    script="tests/adversarial_fuzz.py",
+    title="adversarial fuzz",
+    doc=__doc__,
+    known_bug_features=KNOWN_BUG_FEATURES,
+    features={},
+    known_failure_kinds=("deferred-release",),
+    mode=MODE,
+    n_traits=N_TRAITS,
+    actions=ActionTraits(flip=T_FLIP, gc=T_GC, drop=T_DROP, reenter=T_REENTER),
+    ctx_type=Ctx,
+    state_type=State,
+    hostile_types=(HKey, HVal),
+    ops=OPS,
+    reenter=reenter,
+    check_version=check_version,
+    atom_types=(PersistentMap,),
+    expected_extra=(KeyError,),
+    callback_expected_extra=(),
+    transient_noun="TransientMap",
+    iter_nouns=("entry", "entries", "its map"),
+)
 
 
-def _worker(st: State, index: int, deadline: float, max_steps: Optional[int], barrier: Optional[threading.Barrier]) -> None:
-    c = Ctx(st, index, st.seed * 7919 + index)
-    _tls.ctx = c
-    st.ctxs.append(c)
-    ops = [op for op, _, feature in OPS if feature is None or st.allows(feature)]
-    weights = [w for _, w, feature in OPS if feature is None or st.allows(feature)]
-    rng = c.rng
-    if barrier is not None:
-        try:
-            barrier.wait(30)
-        except threading.BrokenBarrierError:
-            pass
-    try:
-        while not st.stop and time.monotonic() < deadline and (max_steps is None or c.steps < max_steps):
-            c.step = c.steps
-            op = rng.choices(ops, weights)[0]
-            c.op = op.__name__
-            trace(c)
-            if st.threads == 1:
-                if rng.random() < 0.3:
-                    MODE[0] = rng.getrandbits(N_TRAITS)
-                if rng.random() < 0.1:
-                    rng.choice(st.shared_keys).traits ^= 1 << rng.randrange(N_TRAITS)
-            try:
-                op(c, st)
-            except CATCH as e:  # raised by the fuzzer's own code (building a dict...)
-                absorb(c, e, (KeyError,))
-            finally:
-                c.clear()
-                c.depth = 0
-            c.op = op.__name__ + ":check"
-            check_pool(c)
-            c.steps += 1
-    except BaseException as e:  # noqa: BLE001 - a bug in the fuzzer itself
-        fail("fuzzer-error", f"{type(e).__name__}: {e}", traceback.format_exc())
-    finally:
-        c.clear()
-
-
-def _flipper(st: State, done: threading.Event) -> None:
-    rng = random.Random(st.seed * 31 + 17)
-    keys = list(st.shared_keys)
-    while not done.is_set() and not st.stop:
-        MODE[0] = rng.getrandbits(N_TRAITS)
-        for _ in range(4):
-            k = rng.choice(keys)
-            k.traits ^= 1 << rng.randrange(N_TRAITS)
-        time.sleep(0.0005)
-
-
-def run(
-    seconds: float = 5.0,
-    seed: int = 0,
-    threads: int = 1,
-    steps: Optional[int] = None,
-    exclude: Any = (),
-    trace_path: Optional[str] = None,
-    pool_cap: int = 24,
-    stop_on_failure: bool = True,
-) -> Result:
-    """Run the fuzzer in this process. `exclude`: feature names, or 'known' for all of
-    KNOWN_BUG_FEATURES. `steps`: at most this many steps per thread."""
-    global _STATE
-    excluded = set()
-    for name in exclude:
-        if name == "known":
-            excluded.update(KNOWN_BUG_FEATURES)
-        elif name:
-            if name not in KNOWN_BUG_FEATURES:
-                raise ValueError(f"unknown feature {name!r}; known: {', '.join(KNOWN_BUG_FEATURES)}, known")
-            excluded.add(name)
-    if _STATE is not None:
-        raise RuntimeError("adversarial_fuzz.run() is already running in this process")
-    result = Result()
-    result.seed = seed
-    result.threads = threads
-    result.excluded = sorted(excluded)
-    gc.collect()
-    baseline = live_instances()
-    st = State(seed, threads, excluded, pool_cap, stop_on_failure)
-    if trace_path == "-":
-        st.trace_fd = os.dup(2)
-    elif trace_path:
-        st.trace_fd = os.open(trace_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    setup_rng = random.Random(seed)
-    MODE[0] = 0
-    st.shared_keys = [HKey(i % N_KEY_VALUES, random_traits(setup_rng)) for i in range(2 * N_KEY_VALUES)]
-    st.shared_values = [HVal(i, random_traits(setup_rng)) for i in range(16)]
-    st.atoms = [Atom(), Atom(PersistentMap(a=1)), Atom()]
-    _STATE = st
-    old_switch = sys.getswitchinterval()
-    started = time.monotonic()
-    deadline = st.deadline = started + seconds
-    try:
-        if threads <= 1:
-            _worker(st, 0, deadline, steps, None)
-        else:
-            sys.setswitchinterval(min(old_switch, 1e-5))
-            done = threading.Event()
-            barrier = threading.Barrier(threads)
-            workers = [
-                threading.Thread(target=_worker, args=(st, i, deadline, steps, barrier), name=f"fuzz-{i}", daemon=True)
-                for i in range(threads)
-            ]
-            flipper = threading.Thread(target=_flipper, args=(st, done), name="fuzz-flipper", daemon=True)
-            for t in workers:
-                t.start()
-            flipper.start()
-            join_until = deadline + max(60.0, seconds)
-            for t in workers:
-                t.join(max(0.0, join_until - time.monotonic()))
-                if t.is_alive():
-                    fail("hang", f"{t.name} still running long after the deadline")
-            done.set()
-            flipper.join(30)
-        result.elapsed = time.monotonic() - started
-        # The end: every shared iterator checked, everything dropped, nothing may survive.
-        _tls.ctx = Ctx(st, 0, seed)
-        c = _tls.ctx
-        c.op = "final"
-        c.step = sum(x.steps for x in st.ctxs)
-        _final_checks(st)
-        st.pool.clear()
-        st.reg.clear()
-        st.shared_iters.clear()
-        st.atoms.clear()
-        st.weakrefs.clear()
-        st.shared_keys = []
-        st.shared_values = []
-        for x in st.ctxs:
-            x.clear()
-        for _ in range(4):
-            gc.collect()
-        leaked = live_instances() - baseline
-        if leaked > 0 and not survivors():
-            # Every instance is gone, but some finalizers never ran their body: an object dropped
-            # at the recursion limit (hostile code recursing, deepcopy of deep values) has its
-            # __del__ call fail with RecursionError ("Exception ignored in ... __del__"), so the
-            # counter missed its end. Not a leak.
-            result.unfinalized = leaked
-            leaked = 0
-        result.leaked = leaked
-        if leaked > 0:
-            result.leak_details = describe_leak()
-            fail("leak", f"{leaked} HKey/HVal instances still alive after the run\n{result.leak_details}")
-    finally:
-        sys.setswitchinterval(old_switch)
-        st.active = False
-        MODE[0] = 0
-        _STATE = None
-        if st.trace_fd is not None:
-            os.close(st.trace_fd)
-        _tls.__dict__.pop("ctx", None)
-    for x in st.ctxs:
-        result.steps += x.steps
-        result.ops += x.ops
-        result.expected.update(x.expected)
-        result.hostile.update(x.hostile)
-    result.expected.pop("retry", None)
-    result.failures = list(st.failures)
-    return result
-
-
-def _final_checks(st: State) -> None:
-    # A function of its own, so that no loop variable of run() keeps a version alive.
-    for rec in list(st.shared_iters):
-        verify_shared_iter(rec, final=True)
-    st.active = False
-    MODE[0] = 0
-    for v in list(st.pool):
-        check_version(v)
-
-
-def survivors() -> List[Any]:
-    """The HKey/HVal instances still alive (the collector tracks every instance)."""
-    return [o for o in gc.get_objects() if type(o) in (HKey, HVal)]
-
-
-def describe_leak(limit: int = 5) -> str:
-    """The survivors and what refers to them."""
-    survivors = globals()["survivors"]()
-    lines = [f"{len(survivors)} tracked survivors"]
-    for o in survivors[:limit]:
-        refs = [type(r).__name__ for r in gc.get_referrers(o) if r is not survivors]
-        lines.append(f"  {o!r} refcount={sys.getrefcount(o) - 2} referrers={refs[:6]}")
-    del survivors
-    return "\n".join(lines)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="wall-clock budget (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="worker threads (default 1: deterministic)")
-    parser.add_argument("--steps", type=int, default=None, help="stop after this many steps per thread")
-    parser.add_argument("--trace", default=None, metavar="FILE", help="append a line per step to FILE ('-': stderr)")
-    parser.add_argument(
-        "--exclude",
-        default="",
-        help="comma-separated features to leave out ('known' = all known-bug triggers: "
-        + ", ".join(KNOWN_BUG_FEATURES)
-        + ")",
-    )
-    parser.add_argument("--pool", type=int, default=24, help="live versions kept (default 24)")
-    parser.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
-    args = parser.parse_args(argv)
-
-    if argv is None and "PYTHONHASHSEED" not in os.environ:
-        # Deterministic str hashes, so a one-thread run replays exactly.
-        os.environ["PYTHONHASHSEED"] = "0"
-        argv = list(getattr(sys, "orig_argv", [sys.executable] + sys.argv))  # keeps -X options
-        os.execv(sys.executable, [sys.executable] + argv[1:])
-
-    faulthandler.enable(all_threads=True)
-    # A hang prints every thread's stack and exits.
-    faulthandler.dump_traceback_later(max(120.0, args.seconds * 3 + 120), exit=True)
-    print(
-        f"adversarial fuzz: seed={args.seed} threads={args.threads} seconds={args.seconds:g} "
-        f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED')} python={sys.version.split()[0]}"
-        f" GIL={getattr(sys, '_is_gil_enabled', lambda: True)()}",
-        flush=True,
-    )
-    result = run(
-        seconds=args.seconds,
-        seed=args.seed,
-        threads=args.threads,
-        steps=args.steps,
-        exclude=[x.strip() for x in args.exclude.split(",") if x.strip()],
-        trace_path=args.trace,
-        pool_cap=args.pool,
-        stop_on_failure=not args.keep_going,
-    )
-    faulthandler.cancel_dump_traceback_later()
-    print(result.report(), flush=True)
-    return 0 if result.ok else 1
-
+# run(seconds=5.0, seed=0, threads=1, steps=None, exclude=(), trace_path=None, pool_cap=24,
+# stop_on_failure=True) -> Result runs this fuzzer in this process: `exclude` names features, or
+# 'known' for all of KNOWN_BUG_FEATURES; `steps` caps the steps per thread (fuzz_support.run).
+run = functools.partial(fuzz_support.run, FUZZER)
+# main(argv=None) -> exit status: the command line (fuzz_support.main).
+main = functools.partial(fuzz_support.main, FUZZER)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Adversarial fuzzer for PyPersistent's PersistentSet/TransientSet and PersistentList/TransientList.
 
-The companion of tests/adversarial_fuzz.py (which fuzzes the map), built the same way and
-self-contained (it shares no state with that script). Hostile elements (``HElem``) and
+The companion of tests/adversarial_fuzz.py (which fuzzes the map), built the same way on the
+same harness (tests/fuzz_support.py). Hostile elements (``HElem``) and
 hostile indices (``HIndex``) drive a random sequence of operations over a pool of live set
 and list versions, transients, iterators and Atoms, from one or several threads. After every
 step every live version is checked:
@@ -90,23 +90,61 @@ tests/test_adversarial_fuzz_collections.py runs this script in a subprocess.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
-import faulthandler
+import functools
 import gc
 import os
 import pickle
 import random
 import sys
-import threading
 import time
-import traceback
-import weakref
 from typing import Any, Callable, List, Optional
 
 import pypersistent
 from pypersistent import Atom, PersistentList, PersistentMap, PersistentSet, TransientList, TransientSet
+
+# The harness both adversarial fuzzers share sits next to this file (found also when this file
+# is loaded by path, without tests/ on sys.path).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import fuzz_support  # noqa: E402
+from fuzz_support import (  # noqa: E402
+    CATCH,
+    FAILED,
+    MAX_DEPTH,
+    T_EQ_BADBOOL,
+    T_EQ_FLIP,
+    T_EQ_RAISE,
+    T_EQ_RANDOM,
+    T_HASH_RAISE,
+    T_HASH_VARY,
+    ActionTraits,
+    BadBool,
+    Hostile,
+    absorb,
+    active_state,
+    attempt,
+    attempt_exc,
+    ctx,
+    drop_refs,
+    expect_finished,
+    fail,
+    hostile,
+    hostile_del,
+    hostile_eq,
+    hostile_hash,
+    instance_counter,
+    op_drop,
+    op_flip,
+    op_gc,
+    raise_hostile,
+    reg_add,
+    verify_shared_iter,
+    watch,
+)
 
 SET_ITER_TYPE: type = type(iter(PersistentSet()))
 LIST_ITER_TYPE: type = type(iter(PersistentList()))
@@ -130,12 +168,7 @@ FEATURES = {
 # Hostile traits and the shared mode
 # --------------------------------------------------------------------------------------
 
-T_HASH_RAISE = 1 << 0
-T_HASH_VARY = 1 << 1
-T_EQ_RAISE = 1 << 2
-T_EQ_RANDOM = 1 << 3
-T_EQ_FLIP = 1 << 4
-T_EQ_BADBOOL = 1 << 5
+# Bits 0 to 5 (T_HASH_RAISE ... T_EQ_BADBOOL) are fuzz_support's.
 T_LT = 1 << 6  # __lt__/__gt__ raise, answer at random or return a BadBool
 T_REENTER = 1 << 7
 T_DROP = 1 << 8
@@ -154,120 +187,11 @@ MODE = [0]
 
 BUCKETS = 8  # elements hash to n % BUCKETS: many collisions, so __eq__ runs
 N_VALUES = 24
-MAX_DEPTH = 2  # nesting of hostile re-entry per thread
 MAX_POOLED_LEN = 3000  # longer results are checked once, not kept in the pool
 
 
-class Hostile(Exception):
-    """Raised on purpose by hostile code."""
-
-
-class HostileMemoryError(MemoryError):
-    """Raised on purpose: C code sometimes treats MemoryError specially."""
-
-
-class HostileBase(BaseException):
-    """Raised on purpose: not an Exception (like KeyboardInterrupt)."""
-
-
-CATCH = (Exception, HostileBase)
-
-_STATE: Optional["State"] = None
-_tls = threading.local()
-_COUNTS: List[List[int]] = []  # one [created, deleted] per thread; only its owner writes it
-
-
-def _counter() -> List[int]:
-    try:
-        return _tls.counter
-    except AttributeError:
-        cnt = _tls.counter = [0, 0]
-        _COUNTS.append(cnt)
-        return cnt
-
-
-def live_instances() -> int:
-    """HElem/HIndex instances created and not yet finalized."""
-    return sum(c[0] - c[1] for c in list(_COUNTS))
-
-
-def _active() -> Optional["State"]:
-    st = _STATE
-    return st if st is not None and st.active else None
-
-
-class BadBool:
-    """Returned by a hostile __eq__/__lt__: its truth value raises (after maybe re-entering)."""
-
-    __slots__ = ("act",)
-
-    def __init__(self, act: int) -> None:
-        self.act = act
-
-    def __bool__(self) -> bool:
-        st = _active()
-        if st is not None:
-            hostile(ctx(), st, self.act)
-        raise Hostile("__bool__")
-
-
-def _hostile_hash(obj: Any, act: int) -> int:
-    st = _active()
-    if st is None:
-        return obj.h
-    c = ctx()
-    if act & T_ACTIONS:
-        hostile(c, st, act)
-    rng = c.rng
-    if act & T_HASH_RAISE and rng.random() < 0.25:
-        c.hostile["hash-raise"] += 1
-        raise Hostile("__hash__")
-    if act & T_HASH_VARY and rng.random() < 0.5:
-        c.hostile["hash-vary"] += 1
-        r = rng.random()
-        if r < 0.9:
-            return obj.h + 1
-        return -1 if r < 0.95 else obj.h + (1 << 64)
-    return obj.h
-
-
-def _raise_some(c: Ctx, what: str) -> None:
-    r = c.rng.random()
-    if r < 0.05:
-        raise HostileBase(what)
-    if r < 0.1:
-        raise HostileMemoryError(what)
-    raise Hostile(what)
-
-
-def _hostile_eq(obj: Any, other: Any, act: int) -> Any:
-    normal = type(other) is type(obj) and obj.n == other.n
-    st = _active()
-    if st is None:
-        return normal
-    c = ctx()
-    if act & T_ACTIONS:
-        hostile(c, st, act)
-    rng = c.rng
-    if act & T_EQ_RAISE and rng.random() < 0.25:
-        c.hostile["eq-raise"] += 1
-        _raise_some(c, "__eq__")
-    if act & T_EQ_BADBOOL and rng.random() < 0.25:
-        c.hostile["eq-badbool"] += 1
-        return BadBool(act)
-    if act & T_EQ_FLIP:
-        c.hostile["eq-flip"] += 1
-        obj.flip ^= 1
-        return bool(obj.flip)
-    if act & T_EQ_RANDOM:
-        c.hostile["eq-random"] += 1
-        r = rng.random()
-        return NotImplemented if r < 0.1 else r < 0.55
-    return normal
-
-
 def _hostile_lt(obj: Any, other: Any, act: int, normal: Any) -> Any:
-    st = _active()
+    st = active_state()
     if st is None:
         return normal
     c = ctx()
@@ -278,7 +202,7 @@ def _hostile_lt(obj: Any, other: Any, act: int, normal: Any) -> Any:
         c.hostile["lt"] += 1
         r = rng.random()
         if r < 0.25:
-            _raise_some(c, "__lt__")
+            raise_hostile(c, "__lt__")
         if r < 0.6:
             return rng.random() < 0.5
         if r < 0.7:
@@ -287,18 +211,6 @@ def _hostile_lt(obj: Any, other: Any, act: int, normal: Any) -> Any:
         c.hostile["lt-badbool"] += 1
         return BadBool(act)
     return normal
-
-
-def _hostile_del(act: int) -> None:
-    st = _active()
-    if st is None:
-        return
-    c = ctx()
-    c.hostile["del"] += 1
-    try:
-        hostile(c, st, act | T_DROP)
-    except CATCH as e:  # a finalizer must not raise; still classify it
-        absorb(c, e)
 
 
 class HElem:
@@ -312,7 +224,7 @@ class HElem:
         self.h = n % BUCKETS
         self.traits = traits
         self.flip = 0
-        _counter()[0] += 1
+        instance_counter()[0] += 1
 
     def __reduce__(self) -> Any:
         return (type(self), (self.n, self.traits))
@@ -321,13 +233,13 @@ class HElem:
         act = self.traits & MODE[0]
         if not act & T_HASHY:
             return self.h
-        return _hostile_hash(self, act)
+        return hostile_hash(self, act)
 
     def __eq__(self, other: object) -> Any:
         act = self.traits & MODE[0]
         if not act & T_EQY:
             return type(other) is HElem and self.n == other.n  # type: ignore[attr-defined]
-        return _hostile_eq(self, other, act)
+        return hostile_eq(self, other, act)
 
     def __ne__(self, other: object) -> Any:
         r = self.__eq__(other)
@@ -350,7 +262,7 @@ class HElem:
     def __bool__(self) -> bool:
         act = self.traits & MODE[0]
         if act & T_BOOL:
-            st = _active()
+            st = active_state()
             if st is not None:
                 c = ctx()
                 c.hostile["bool"] += 1
@@ -363,10 +275,10 @@ class HElem:
 
     def __del__(self) -> None:
         try:
-            _counter()[1] += 1
+            instance_counter()[1] += 1
             act = self.traits & MODE[0]
             if act & T_DEL:
-                _hostile_del(act)
+                hostile_del(act)
         except BaseException:  # noqa: BLE001 - nothing may escape a finalizer
             pass
 
@@ -379,18 +291,18 @@ class HIndex:
     def __init__(self, value: int, traits: int) -> None:
         self.value = value
         self.traits = traits
-        _counter()[0] += 1
+        instance_counter()[0] += 1
 
     def __index__(self) -> int:
         act = self.traits & MODE[0]
-        st = _active()
+        st = active_state()
         if act and st is not None:
             c = ctx()
             c.hostile["index"] += 1
             if act & T_ACTIONS:
                 hostile(c, st, act)
             if act & T_HASH_RAISE and c.rng.random() < 0.25:
-                _raise_some(c, "__index__")
+                raise_hostile(c, "__index__")
             if act & T_HASH_VARY and c.rng.random() < 0.5:
                 return self.value + c.rng.choice((-1, 1))
         return self.value
@@ -400,10 +312,10 @@ class HIndex:
 
     def __del__(self) -> None:
         try:
-            _counter()[1] += 1
+            instance_counter()[1] += 1
             act = self.traits & MODE[0]
             if act & T_DEL:
-                _hostile_del(act)
+                hostile_del(act)
         except BaseException:  # noqa: BLE001
             pass
 
@@ -441,7 +353,7 @@ class LyingLen:
 def _sub_iter(obj: Any, base_iter: Callable) -> Any:
     """__iter__ of the hostile container subclasses: the real elements, in order, with hostile
     code between them (or Hostile at once)."""
-    st = _active()
+    st = active_state()
     act = obj.act & MODE[0]
     if st is None or not act:
         return base_iter(obj)
@@ -489,7 +401,7 @@ class HFrozenSub(frozenset):
         return _sub_len(self, frozenset.__len__)
 
     def __contains__(self, x: object) -> bool:
-        st = _active()
+        st = active_state()
         if st is not None and self.act & MODE[0]:
             hostile(ctx(), st, self.act & MODE[0])
         return frozenset.__contains__(self, x)
@@ -515,160 +427,27 @@ class IterRaises:
 
 
 # --------------------------------------------------------------------------------------
-# Per-thread context, failures, expected exceptions
+# Per-thread context (failures and expected exceptions are fuzz_support's)
 # --------------------------------------------------------------------------------------
 
 
-class Ctx:
+class Ctx(fuzz_support.Ctx):
+    """fuzz_support.Ctx, and whether hostile code used the transient being edited."""
+
     def __init__(self, st: "State", index: int, seed: int) -> None:
-        self.run = st
-        self.index = index
-        self.rng = random.Random(seed)
-        self.depth = 0
-        self.step = 0
-        self.op = "-"
-        self.cur_obj: Any = None  # the set/list being operated on
-        self.cur_transient: Any = None  # the transient being edited by this thread
-        self.cur_source: Any = None  # the list/dict being read
+        super().__init__(st, index, seed)
         self.t_touched = False  # hostile code used cur_transient (reset before each edit)
         self.t_touched_ever = False  # ... at any time during this step
-        self.src_mutated = False  # hostile code changed cur_source
-        self.ops = 0
-        self.steps = 0
-        self.expected: collections.Counter = collections.Counter()
-        self.hostile: collections.Counter = collections.Counter()
 
     def clear(self) -> None:
-        self.cur_obj = self.cur_transient = self.cur_source = None
+        super().clear()
         self.t_touched = False
         self.t_touched_ever = False
-        self.src_mutated = False
 
-
-def ctx() -> Ctx:
-    c = getattr(_tls, "ctx", None)
-    st = _STATE
-    if c is None or (st is not None and c.run is not st):
-        seed = (st.seed if st else 0) * 1_000_003 + threading.get_ident() % 1_000_003
-        c = Ctx(st, -1, seed)  # type: ignore[arg-type]
-        _tls.ctx = c
-        if st is not None:
-            st.ctxs.append(c)
-    return c
-
-
-class Failure:
-    def __init__(self, c: Ctx, kind: str, msg: str, tb: str) -> None:
-        self.thread = c.index
-        self.step = c.step
-        self.op = c.op
-        self.kind = kind
-        self.msg = msg
-        self.tb = tb
-
-    def describe(self, seed: int) -> str:
-        return f"FAILURE [{self.kind}] seed={seed} thread={self.thread} step={self.step} op={self.op}: {self.msg}\n{self.tb}"
-
-
-def fail(kind: str, msg: str, tb: Optional[str] = None) -> None:
-    c = ctx()
-    st = c.run or _STATE
-    if tb is None:
-        tb = "".join(traceback.format_stack(limit=6)[:-1])
-    rec = Failure(c, kind, msg, tb)
-    if st is not None:
-        st.failures.append(rec)
-        if st.stop_on_failure:
-            st.stop = True
-    else:  # pragma: no cover
-        sys.stderr.write(rec.describe(-1) + "\n")
-
-
-EXPECTED_RUNTIME_MESSAGES = (
-    ("two places at once", "RuntimeError(busy)"),
-    ("is finished", "RuntimeError(finished)"),
-    ("in use by another thread", "RuntimeError(busy)"),
-    ("changed size during iteration", "RuntimeError(source changed)"),
-    ("Atom was cleared", "RuntimeError(atom cleared)"),
-)
-
-
-def classify(e: BaseException, extra: tuple = ()) -> Optional[str]:
-    if isinstance(e, Hostile):
-        return "Hostile"
-    if isinstance(e, HostileMemoryError):
-        return "Hostile(MemoryError)"
-    if isinstance(e, HostileBase):
-        return "Hostile(BaseException)"
-    if isinstance(e, RecursionError):
-        return "RecursionError"
-    if isinstance(e, RuntimeError):
-        s = str(e)
-        for m, name in EXPECTED_RUNTIME_MESSAGES:
-            if m in s:
-                return name
-        return None
-    if isinstance(e, TypeError):
-        return "TypeError"
-    for t in extra:
-        if isinstance(e, t):
-            return type(e).__name__
-    return None
-
-
-def absorb(c: Ctx, e: BaseException, extra: tuple = ()) -> Optional[str]:
-    name = classify(e, extra)
-    if name is None:
-        fail(
-            "unexpected-exception",
-            f"{type(e).__name__}: {e!s:.300}",
-            "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=12)),
-        )
-        return None
-    c.expected[name] += 1
-    return name
-
-
-class _FailedType:
-    def __repr__(self) -> str:
-        return "FAILED"
-
-
-FAILED: Any = _FailedType()
 
 # What hostile code, sources and indices may raise besides the always-expected exceptions.
 IDX = (IndexError,)
 SRC = (ValueError,)  # a negative __len__ of a LyingLen source
-
-
-def attempt(fn: Callable, *args: Any, _extra: tuple = (), _forbid: tuple = (), _what: str = "") -> Any:
-    """fn(*args), or FAILED after counting an expected exception / recording a failure.
-    Exceptions of the types in _forbid are failures even where they are expected elsewhere."""
-    c = ctx()
-    c.ops += 1
-    try:
-        return fn(*args)
-    except CATCH as e:
-        if _forbid and isinstance(e, _forbid):
-            fail(
-                "wrong-exception",
-                f"{_what or getattr(fn, '__name__', 'call')}: {type(e).__name__}: {e!s:.300}",
-                "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=12)),
-            )
-        else:
-            absorb(c, e, _extra)
-        return FAILED
-
-
-def attempt_exc(fn: Callable, *args: Any, _extra: tuple = ()) -> tuple:
-    """(result, None) or (FAILED, exception) after counting it like attempt()."""
-    c = ctx()
-    c.ops += 1
-    try:
-        return fn(*args), None
-    except CATCH as e:
-        absorb(c, e, _extra)
-        return FAILED, e
 
 
 # --------------------------------------------------------------------------------------
@@ -699,38 +478,22 @@ class SharedIter:
         self.keep = keep
 
 
-class State:
-    def __init__(self, seed: int, threads: int, excluded: set, pool_cap: int, stop_on_failure: bool) -> None:
-        self.seed = seed
-        self.threads = threads
-        self.excluded = excluded
-        self.pool_cap = pool_cap
-        self.stop_on_failure = stop_on_failure
-        self.active = True
-        self.stop = False
-        self.pool: List[Version] = []
-        self.reg: list = []
-        self.reg_cap = 48
-        self.atoms: List[Atom] = []
-        self.shared_iters: List[SharedIter] = []
-        self.weakrefs: list = []
+class State(fuzz_support.State):
+    """fuzz_support.State, and the shared hostile elements every thread draws from."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.shared_elems: List[HElem] = []
-        self.failures: List[Failure] = []
-        self.ctxs: List[Ctx] = []
-        self.trace_fd: Optional[int] = None
-        self.deadline = float("inf")
 
-    def allows(self, feature: str) -> bool:
-        return feature not in self.excluded
+    def populate(self, rng: random.Random) -> None:
+        self.shared_elems = [HElem(i % N_VALUES, random_traits(rng)) for i in range(2 * N_VALUES)]
+        self.atoms = [Atom(PersistentSet()), Atom(PersistentList()), Atom(PersistentSet([1, 2])), Atom()]
 
+    def flippable(self) -> list:
+        return self.shared_elems
 
-def trace(c: Ctx) -> None:
-    fd = c.run.trace_fd
-    if fd is not None:
-        try:
-            os.write(fd, f"thread {c.index} step {c.step} {c.op}\n".encode())
-        except OSError:
-            pass
+    def drop_shared(self) -> None:
+        self.shared_elems = []
 
 
 # --------------------------------------------------------------------------------------
@@ -812,34 +575,6 @@ def pick_version(c: Ctx, want_list: bool) -> Version:
                 return v
         c.expected["retry"] += 1
         MODE[0] &= c.rng.getrandbits(N_TRAITS)  # calm down a little
-
-
-def _weakref_callback(ref: Any) -> None:
-    st = _active()
-    if st is None:
-        return
-    c = ctx()
-    c.hostile["weakref-callback"] += 1
-    try:
-        hostile(c, st, T_ACTIONS)
-    except CATCH as e:
-        absorb(c, e, IDX + (KeyError,) + SRC)
-
-
-def watch(st: State, obj: Any, rng: random.Random) -> None:
-    if rng.random() < 0.1:
-        st.weakrefs.append(weakref.ref(obj, _weakref_callback))
-        if len(st.weakrefs) > 256:
-            del st.weakrefs[:128]
-
-
-def reg_add(st: State, obj: Any, rng: random.Random) -> None:
-    st.reg.append(obj)
-    if len(st.reg) > st.reg_cap:
-        try:
-            st.reg.pop(rng.randrange(len(st.reg)))
-        except (IndexError, ValueError):
-            pass
 
 
 class Source:
@@ -938,52 +673,6 @@ def source_ids(src: Source) -> Optional[list]:
 # --------------------------------------------------------------------------------------
 # Hostile actions
 # --------------------------------------------------------------------------------------
-
-
-def hostile(c: Ctx, st: State, act: int) -> None:
-    """Run the hostile actions `act` enables (each with some probability)."""
-    if c.depth >= MAX_DEPTH or not st.active:
-        return
-    rng = c.rng
-    c.depth += 1
-    try:
-        if act & T_FLIP and rng.random() < 0.2:
-            c.hostile["flip"] += 1
-            MODE[0] = rng.getrandbits(N_TRAITS)
-        if act & T_GC and rng.random() < 0.02:
-            c.hostile["gc"] += 1
-            c.ops += 1
-            gc.collect()
-        if act & T_DROP and rng.random() < 0.3:
-            c.hostile["drop"] += 1
-            drop_refs(c, st)
-        if act & T_REENTER and rng.random() < 0.35:
-            c.hostile["reenter"] += 1
-            reenter(c, st)
-    except CATCH as e:
-        absorb(c, e, IDX + (KeyError,) + SRC)
-    finally:
-        c.depth -= 1
-    if act & T_REENTER and rng.random() < 0.05:
-        raise Hostile("after re-entering")
-
-
-def drop_refs(c: Ctx, st: State) -> None:
-    rng = c.rng
-    x = rng.random()
-    if x < 0.2:
-        st.reg.clear()
-    elif x < 0.75:
-        for _ in range(rng.randrange(1, 6)):
-            try:
-                st.reg.pop(rng.randrange(len(st.reg)))
-            except (IndexError, ValueError):
-                break
-    else:
-        try:
-            st.pool.pop(rng.randrange(len(st.pool)))
-        except (IndexError, ValueError):
-            pass
 
 
 def _reenter_set(c: Ctx, st: State, s: Any) -> None:
@@ -1237,17 +926,6 @@ def check_version(v: Version) -> bool:
     return True
 
 
-def check_pool(c: Ctx) -> None:
-    st = c.run
-    for v in list(st.pool):
-        if not check_version(v):
-            return
-    for a in list(st.atoms):
-        cur = a.deref()
-        if type(cur) not in ATOM_TYPES:
-            fail("check", f"Atom holds a {type(cur).__name__}")
-
-
 def over(what: str, got: list, allowed: list) -> bool:
     """Fails (and returns True) if the multiset of ids `got` is not within `allowed`."""
     extra = collections.Counter(got) - collections.Counter(allowed)
@@ -1255,24 +933,6 @@ def over(what: str, got: list, allowed: list) -> bool:
         fail("check", f"{what}: {sum(extra.values())} elements that came from none of the inputs")
         return True
     return False
-
-
-def expect_finished(what: str, fn: Callable, *args: Any) -> None:
-    """fn(*args) on a finished transient must raise RuntimeError (finished)."""
-    c = ctx()
-    c.ops += 1
-    try:
-        fn(*args)
-    except RuntimeError as e:
-        if classify(e) == "RuntimeError(finished)":
-            c.expected["RuntimeError(finished)"] += 1
-            return
-        fail("check", f"{what} on a finished transient raised {type(e).__name__}: {e}")
-        return
-    except Exception as e:
-        fail("check", f"{what} on a finished transient raised {type(e).__name__}, not RuntimeError: {e!s:.200}")
-        return
-    fail("check", f"{what} on a finished transient did not raise")
 
 
 def check_bool(what: str, r: Any) -> None:
@@ -2159,7 +1819,7 @@ def op_shared_iter(c: Ctx, st: State) -> None:
             except (IndexError, ValueError):
                 old = None
             if old is not None:
-                verify_shared_iter(old, final=False)
+                verify_shared_iter(st, old, final=False)
         return
     rec = rng.choice(its)
     for _ in range(rng.randrange(1, 8)):
@@ -2173,14 +1833,6 @@ def op_shared_iter(c: Ctx, st: State) -> None:
     hint = rec.it.__length_hint__()
     if not 0 <= hint <= sum(rec.expected.values()):
         fail("check", f"shared iterator: __length_hint__ {hint}")
-
-
-def verify_shared_iter(rec: SharedIter, final: bool) -> None:
-    got = collections.Counter(rec.got)
-    if got - rec.expected:
-        fail("check", "a shared iterator handed out an element twice or one not in its set/list")
-    elif final and rec.exhausted and got != rec.expected:
-        fail("check", f"a shared iterator ended after {len(rec.got)} of {sum(rec.expected.values())} elements")
 
 
 def op_atom(c: Ctx, st: State) -> None:
@@ -2369,19 +2021,6 @@ def op_deep_chain(c: Ctx, st: State) -> None:
     del x, it
 
 
-def op_drop(c: Ctx, st: State) -> None:
-    drop_refs(c, st)
-
-
-def op_gc(c: Ctx, st: State) -> None:
-    c.ops += 1
-    gc.collect()
-
-
-def op_flip(c: Ctx, st: State) -> None:
-    MODE[0] = c.rng.getrandbits(N_TRAITS)
-
-
 OPS: list = [
     (op_set_build, 8, None),
     (op_set_edit, 10, None),
@@ -2412,282 +2051,39 @@ OPS: list = [
 # --------------------------------------------------------------------------------------
 
 
-class Result:
-    def __init__(self) -> None:
-        self.seed = 0
-        self.threads = 1
-        self.steps = 0
-        self.ops = 0
-        self.elapsed = 0.0
-        self.expected: collections.Counter = collections.Counter()
-        self.hostile: collections.Counter = collections.Counter()
-        self.failures: List[Failure] = []
-        self.leaked = 0
-        self.unfinalized = 0
-        self.leak_details = ""
-        self.excluded: List[str] = []
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def report(self, max_failures: int = 8) -> str:
-        lines = []
-        rate = self.ops / self.elapsed if self.elapsed > 0 else 0.0
-        lines.append(
-            f"seed={self.seed} threads={self.threads} excluded={','.join(self.excluded) or '-'} "
-            f"elapsed={self.elapsed:.1f}s ({self.steps / max(self.elapsed, 1e-9):.0f} steps/s, {rate:.0f} ops/s)"
-        )
-        lines.append("hostile actions: " + (", ".join(f"{k}={v}" for k, v in sorted(self.hostile.items())) or "none"))
-        lines.append("expected exceptions: " + (", ".join(f"{k}={v}" for k, v in sorted(self.expected.items())) or "none"))
-        for f in self.failures[:max_failures]:
-            lines.append(f.describe(self.seed))
-        if len(self.failures) > max_failures:
-            lines.append(f"... and {len(self.failures) - max_failures} more failures")
-        if self.failures:
-            f = self.failures[0]
-            if self.threads == 1:
-                lines.append(
-                    f"replay: PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED', '?')} {sys.executable} "
-                    f"tests/adversarial_fuzz_collections.py --seed {self.seed} --steps {f.step + 1} --seconds 600 --trace -"
-                    + (f" --exclude {','.join(self.excluded)}" if self.excluded else "")
-                )
-            else:
-                lines.append(f"(threads={self.threads}: not deterministic; first failure at thread {f.thread} step {f.step})")
-        if self.unfinalized:
-            lines.append(f"({self.unfinalized} instances were freed without their __del__ running: RecursionError at the call)")
-        lines.append(f"adversarial fuzz: {self.steps} steps, {self.ops} operations, {len(self.failures)} failures")
-        return "\n".join(lines)
+FUZZER = fuzz_support.Fuzzer(
+    name="adversarial_fuzz_collections",
+    script="tests/adversarial_fuzz_collections.py",
+    title="adversarial fuzz (sets, lists)",
+    doc=__doc__,
+    known_bug_features=KNOWN_BUG_FEATURES,
+    features=FEATURES,
+    known_failure_kinds=(),
+    mode=MODE,
+    n_traits=N_TRAITS,
+    actions=ActionTraits(flip=T_FLIP, gc=T_GC, drop=T_DROP, reenter=T_REENTER),
+    ctx_type=Ctx,
+    state_type=State,
+    hostile_types=(HElem, HIndex),
+    ops=OPS,
+    reenter=reenter,
+    check_version=check_version,
+    atom_types=ATOM_TYPES,
+    expected_extra=IDX + (KeyError,) + SRC,
+    callback_expected_extra=IDX + (KeyError,) + SRC,
+    transient_noun="transient",
+    iter_nouns=("element", "elements", "its set/list"),
+    # The default --seconds 5 could end a replay before the failing step.
+    replay_options=" --seconds 600",
+)
 
 
-def _worker(st: State, index: int, deadline: float, max_steps: Optional[int], barrier: Optional[threading.Barrier]) -> None:
-    c = Ctx(st, index, st.seed * 7919 + index)
-    _tls.ctx = c
-    st.ctxs.append(c)
-    ops = [op for op, _, feature in OPS if feature is None or st.allows(feature)]
-    weights = [w for _, w, feature in OPS if feature is None or st.allows(feature)]
-    rng = c.rng
-    if barrier is not None:
-        try:
-            barrier.wait(30)
-        except threading.BrokenBarrierError:
-            pass
-    try:
-        while not st.stop and time.monotonic() < deadline and (max_steps is None or c.steps < max_steps):
-            c.step = c.steps
-            op = rng.choices(ops, weights)[0]
-            c.op = op.__name__
-            trace(c)
-            if st.threads == 1:
-                if rng.random() < 0.3:
-                    MODE[0] = rng.getrandbits(N_TRAITS)
-                if rng.random() < 0.1:
-                    rng.choice(st.shared_elems).traits ^= 1 << rng.randrange(N_TRAITS)
-            try:
-                op(c, st)
-            except CATCH as e:  # raised by the fuzzer's own code (building a set...)
-                absorb(c, e, IDX + (KeyError,) + SRC)
-            finally:
-                c.clear()
-                c.depth = 0
-            c.op = op.__name__ + ":check"
-            check_pool(c)
-            c.steps += 1
-    except BaseException as e:  # noqa: BLE001 - a bug in the fuzzer itself
-        fail("fuzzer-error", f"{type(e).__name__}: {e}", traceback.format_exc())
-    finally:
-        c.clear()
-
-
-def _flipper(st: State, done: threading.Event) -> None:
-    rng = random.Random(st.seed * 31 + 17)
-    elems = list(st.shared_elems)
-    while not done.is_set() and not st.stop:
-        MODE[0] = rng.getrandbits(N_TRAITS)
-        for _ in range(4):
-            e = rng.choice(elems)
-            e.traits ^= 1 << rng.randrange(N_TRAITS)
-        time.sleep(0.0005)
-
-
-def run(
-    seconds: float = 5.0,
-    seed: int = 0,
-    threads: int = 1,
-    steps: Optional[int] = None,
-    exclude: Any = (),
-    trace_path: Optional[str] = None,
-    pool_cap: int = 24,
-    stop_on_failure: bool = True,
-) -> Result:
-    """Run the fuzzer in this process. `exclude`: feature names, or 'known' for all of
-    KNOWN_BUG_FEATURES. `steps`: at most this many steps per thread."""
-    global _STATE
-    excluded: set = set()
-    for name in exclude:
-        if name == "known":
-            excluded.update(KNOWN_BUG_FEATURES)
-        elif name:
-            if name not in KNOWN_BUG_FEATURES and name not in FEATURES:
-                raise ValueError(f"unknown feature {name!r}; known: {', '.join(list(KNOWN_BUG_FEATURES) + list(FEATURES))}, known")
-            excluded.add(name)
-    if _STATE is not None:
-        raise RuntimeError("adversarial_fuzz_collections.run() is already running in this process")
-    result = Result()
-    result.seed = seed
-    result.threads = threads
-    result.excluded = sorted(excluded)
-    gc.collect()
-    baseline = live_instances()
-    st = State(seed, threads, excluded, pool_cap, stop_on_failure)
-    if trace_path == "-":
-        st.trace_fd = os.dup(2)
-    elif trace_path:
-        st.trace_fd = os.open(trace_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    setup_rng = random.Random(seed)
-    MODE[0] = 0
-    st.shared_elems = [HElem(i % N_VALUES, random_traits(setup_rng)) for i in range(2 * N_VALUES)]
-    st.atoms = [Atom(PersistentSet()), Atom(PersistentList()), Atom(PersistentSet([1, 2])), Atom()]
-    _STATE = st
-    old_switch = sys.getswitchinterval()
-    started = time.monotonic()
-    deadline = st.deadline = started + seconds
-    try:
-        if threads <= 1:
-            _worker(st, 0, deadline, steps, None)
-        else:
-            sys.setswitchinterval(min(old_switch, 1e-5))
-            done = threading.Event()
-            barrier = threading.Barrier(threads)
-            workers = [
-                threading.Thread(target=_worker, args=(st, i, deadline, steps, barrier), name=f"fuzz-{i}", daemon=True)
-                for i in range(threads)
-            ]
-            flipper = threading.Thread(target=_flipper, args=(st, done), name="fuzz-flipper", daemon=True)
-            for t in workers:
-                t.start()
-            flipper.start()
-            join_until = deadline + max(60.0, seconds)
-            for t in workers:
-                t.join(max(0.0, join_until - time.monotonic()))
-                if t.is_alive():
-                    fail("hang", f"{t.name} still running long after the deadline")
-            done.set()
-            flipper.join(30)
-        result.elapsed = time.monotonic() - started
-        _tls.ctx = Ctx(st, 0, seed)
-        c = _tls.ctx
-        c.op = "final"
-        c.step = sum(x.steps for x in st.ctxs)
-        _final_checks(st)
-        st.pool.clear()
-        st.reg.clear()
-        st.shared_iters.clear()
-        st.atoms.clear()
-        st.weakrefs.clear()
-        st.shared_elems = []
-        for x in st.ctxs:
-            x.clear()
-        for _ in range(4):
-            gc.collect()
-        leaked = live_instances() - baseline
-        if leaked > 0 and not survivors():
-            # Every instance is gone, but some finalizers never ran their body (RecursionError at
-            # the call): not a leak.
-            result.unfinalized = leaked
-            leaked = 0
-        result.leaked = leaked
-        if leaked > 0:
-            result.leak_details = describe_leak()
-            fail("leak", f"{leaked} HElem/HIndex instances still alive after the run\n{result.leak_details}")
-    finally:
-        sys.setswitchinterval(old_switch)
-        st.active = False
-        MODE[0] = 0
-        _STATE = None
-        if st.trace_fd is not None:
-            os.close(st.trace_fd)
-        _tls.__dict__.pop("ctx", None)
-    for x in st.ctxs:
-        result.steps += x.steps
-        result.ops += x.ops
-        result.expected.update(x.expected)
-        result.hostile.update(x.hostile)
-    result.expected.pop("retry", None)
-    result.failures = list(st.failures)
-    return result
-
-
-def _final_checks(st: State) -> None:
-    for rec in list(st.shared_iters):
-        verify_shared_iter(rec, final=True)
-    st.active = False
-    MODE[0] = 0
-    for v in list(st.pool):
-        check_version(v)
-
-
-def survivors() -> List[Any]:
-    return [o for o in gc.get_objects() if type(o) in (HElem, HIndex)]
-
-
-def describe_leak(limit: int = 5) -> str:
-    found = survivors()
-    lines = [f"{len(found)} tracked survivors"]
-    for o in found[:limit]:
-        refs = [type(r).__name__ for r in gc.get_referrers(o) if r is not found]
-        lines.append(f"  {o!r} refcount={sys.getrefcount(o) - 2} referrers={refs[:6]}")
-    del found
-    return "\n".join(lines)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0, help="wall-clock budget (default 5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="worker threads (default 1: deterministic)")
-    parser.add_argument("--steps", type=int, default=None, help="stop after this many steps per thread")
-    parser.add_argument("--trace", default=None, metavar="FILE", help="append a line per step to FILE ('-': stderr)")
-    parser.add_argument(
-        "--exclude",
-        default="",
-        help="comma-separated features to leave out ('known' = all known-bug triggers"
-        + (": " + ", ".join(KNOWN_BUG_FEATURES) if KNOWN_BUG_FEATURES else "")
-        + "; others: "
-        + ", ".join(FEATURES)
-        + ")",
-    )
-    parser.add_argument("--pool", type=int, default=24, help="live versions kept (default 24)")
-    parser.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
-    args = parser.parse_args(argv)
-
-    if argv is None and "PYTHONHASHSEED" not in os.environ:
-        os.environ["PYTHONHASHSEED"] = "0"
-        argv = list(getattr(sys, "orig_argv", [sys.executable] + sys.argv))  # keeps -X options
-        os.execv(sys.executable, [sys.executable] + argv[1:])
-
-    faulthandler.enable(all_threads=True)
-    faulthandler.dump_traceback_later(max(120.0, args.seconds * 3 + 120), exit=True)
-    print(
-        f"adversarial fuzz (sets, lists): seed={args.seed} threads={args.threads} seconds={args.seconds:g} "
-        f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED')} python={sys.version.split()[0]}"
-        f" GIL={getattr(sys, '_is_gil_enabled', lambda: True)()}",
-        flush=True,
-    )
-    result = run(
-        seconds=args.seconds,
-        seed=args.seed,
-        threads=args.threads,
-        steps=args.steps,
-        exclude=[x.strip() for x in args.exclude.split(",") if x.strip()],
-        trace_path=args.trace,
-        pool_cap=args.pool,
-        stop_on_failure=not args.keep_going,
-    )
-    faulthandler.cancel_dump_traceback_later()
-    print(result.report(), flush=True)
-    return 0 if result.ok else 1
-
+# run(seconds=5.0, seed=0, threads=1, steps=None, exclude=(), trace_path=None, pool_cap=24,
+# stop_on_failure=True) -> Result runs this fuzzer in this process: `exclude` names features, or
+# 'known' for all of KNOWN_BUG_FEATURES; `steps` caps the steps per thread (fuzz_support.run).
+run = functools.partial(fuzz_support.run, FUZZER)
+# main(argv=None) -> exit status: the command line (fuzz_support.main).
+main = functools.partial(fuzz_support.main, FUZZER)
 
 if __name__ == "__main__":
     sys.exit(main())

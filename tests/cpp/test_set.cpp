@@ -33,6 +33,7 @@
 namespace {
 
 using namespace pptest;
+using namespace pptest::faults;
 using pypersistent::default_policy;
 using pypersistent::persistent_set;
 using pypersistent::transient_set;
@@ -527,31 +528,10 @@ TEST(SetStructural, SharedSubtreesAreNotVisited) {
 }
 
 // ---- exceptions and reference counting -------------------------------------------------------------
+//
+// The injection points, the ledger policy and sweep() are test_util.hpp's (pptest::faults).
 
-namespace inject {
-enum source : unsigned { equal_src, alloc_src };
-struct injected_error : std::exception {
-    const char* what() const noexcept override { return "injected key equality failure"; }
-};
-struct injected_bad_alloc : std::bad_alloc {
-    const char* what() const noexcept override { return "injected allocation failure"; }
-};
-inline bool active = false;
-inline long countdown = 0;  // > 0: the countdown-th injection point from now throws
-inline long points = 0;
-
-inline void point(source s) {
-    if (!active) return;
-    ++points;
-    if (countdown > 0 && --countdown == 0) {
-        if (s == alloc_src) throw injected_bad_alloc();
-        throw injected_error();
-    }
-}
-}  // namespace inject
-
-constexpr int max_key = 2048;
-
+// A key whose ids the ledger counts (0 .. ledger::max_id - 1).
 struct key_h {
     int id;
     explicit key_h(int i) noexcept : id(i) {}
@@ -560,54 +540,13 @@ struct key_h {
 [[maybe_unused]] void PrintTo(const key_h& k, std::ostream* os) { *os << "key#" << k.id; }
 inline int id_of(const key_h& k) { return k.id; }
 
-struct ledger {
-    static inline long retained[max_key] = {};
-    static inline long net_retained = 0;
-    static inline long live_nodes = 0;
-    static inline long live_bytes = 0;
-    static void reset() {
-        std::fill(std::begin(retained), std::end(retained), 0);
-        net_retained = live_nodes = live_bytes = 0;
-    }
-    struct snapshot {
-        long retained = net_retained, nodes = live_nodes, bytes = live_bytes;
-        bool operator==(const snapshot& o) const { return retained == o.retained && nodes == o.nodes && bytes == o.bytes; }
-    };
-};
-
-template <bool Cache>
-struct ledger_policy : default_policy {
-    using refcount = pypersistent::single_thread_refcount;
-    static constexpr bool cache_hash = Cache;
-    static void retain(const key_h& k) noexcept {
-        ++ledger::retained[k.id];
-        ++ledger::net_retained;
-    }
-    static void release(const key_h& k) noexcept {
-        --ledger::retained[k.id];
-        --ledger::net_retained;
-    }
-    static void* allocate(std::size_t bytes) {
-        inject::point(inject::alloc_src);
-        void* p = ::operator new(bytes);
-        ++ledger::live_nodes;
-        ledger::live_bytes += static_cast<long>(bytes);
-        return p;
-    }
-    static void deallocate(void* p, std::size_t bytes) noexcept {
-        --ledger::live_nodes;
-        ledger::live_bytes -= static_cast<long>(bytes);
-        ::operator delete(p);
-    }
-};
-
 template <class Base>
 struct key_hash {
     hash_t operator()(const key_h& k) const noexcept { return Base{}(k.id); }
 };
 struct throwing_equal {
     bool operator()(const key_h& a, const key_h& b) const {
-        inject::point(inject::equal_src);
+        inject::point(inject::user_call);
         return a.id == b.id;
     }
 };
@@ -619,12 +558,7 @@ template <class C>
 class SetExceptions : public ::testing::Test {
 protected:
     void SetUp() override { ledger::reset(); }
-    void TearDown() override {
-        EXPECT_EQ(ledger::live_nodes, 0) << "nodes leaked";
-        EXPECT_EQ(ledger::live_bytes, 0) << "bytes leaked";
-        EXPECT_EQ(ledger::net_retained, 0) << "retains without releases";
-        for (int id = 0; id < max_key; ++id) EXPECT_EQ(ledger::retained[id], 0) << "key " << id;
-    }
+    void TearDown() override { expect_ledger_balanced(); }
 };
 
 template <class Base, bool Cache>
@@ -635,33 +569,6 @@ struct xconfig {
 using exception_configs = ::testing::Types<xconfig<mix_hash, false>, xconfig<mix_hash, true>, xconfig<mod7_hash, true>,
                                            xconfig<few_hash, false>, xconfig<shift_hash<59>, true>>;
 TYPED_TEST_SUITE(SetExceptions, exception_configs, shape_names);
-
-// Runs `op` with the n-th injection point throwing, for n = 1, 2, ... until it completes. After
-// each failure `intact` must hold and the ledger must be as before; returns the failures seen.
-template <class Op, class Intact>
-long sweep(Op&& op, Intact&& intact) {
-    long failures = 0;
-    for (long n = 1;; ++n) {
-        const ledger::snapshot before;
-        inject::countdown = n;
-        inject::active = true;
-        bool threw = false;
-        try {
-            op();
-        } catch (const inject::injected_error&) {
-            threw = true;
-        } catch (const inject::injected_bad_alloc&) {
-            threw = true;
-        }
-        inject::active = false;
-        inject::countdown = 0;
-        if (!threw) return failures;
-        ++failures;
-        EXPECT_TRUE(ledger::snapshot() == before) << "a failed operation left something behind (n = " << n << ")";
-        intact();
-        if (::testing::Test::HasFailure()) return failures;
-    }
-}
 
 TYPED_TEST(SetExceptions, AlgebraThrowingAtEveryComparisonAndAllocation) {
     using S = typename TypeParam::set;

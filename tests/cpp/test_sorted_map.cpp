@@ -34,6 +34,7 @@
 
 namespace {
 
+using namespace pptest::faults;
 using pypersistent::default_policy;
 using pypersistent::persistent_sorted_map;
 using pypersistent::transient_sorted_map;
@@ -510,33 +511,14 @@ TEST_F(SortedMapTest, TransientEditsInPlaceAndFreezes) {
 }
 
 // ---- exceptions ------------------------------------------------------------------------------
-
-namespace inject {
-struct injected_error : std::exception {
-    const char* what() const noexcept override { return "injected failure"; }
-};
-struct injected_bad_alloc : std::bad_alloc {
-    const char* what() const noexcept override { return "injected allocation failure"; }
-};
-inline bool active = false;
-inline bool allocations_only = false;
-inline long countdown = 0;
-inline void point(bool alloc) {
-    if (!active || (allocations_only && !alloc)) return;
-    if (countdown > 0 && --countdown == 0) {
-        if (alloc) throw injected_bad_alloc();
-        throw injected_error();
-    }
-}
-}  // namespace inject
-
-constexpr int max_id = 1 << 14;
+//
+// The injection points, the ledger policy and sweep() are test_util.hpp's (pptest::faults).
 
 // A key (and value) whose copies may throw; ids are counted by the ledger.
 struct tkey {
     int id;
     explicit tkey(int i) noexcept : id(i) {}
-    tkey(const tkey& o) : id(o.id) { inject::point(false); }
+    tkey(const tkey& o) : id(o.id) { inject::point(inject::user_call); }
     tkey(tkey&& o) noexcept = default;
     tkey& operator=(const tkey& o) = default;
     tkey& operator=(tkey&& o) noexcept = default;
@@ -547,54 +529,12 @@ inline int id_of(const tkey& k) { return k.id; }
 
 struct throwing_less {
     bool operator()(const tkey& a, const tkey& b) const {
-        inject::point(false);
+        inject::point(inject::user_call);
         return a.id < b.id;
     }
 };
 
-// Ids from -128 up to max_id - 1 (keys may be negative).
-inline std::size_t slot(int id) { return static_cast<std::size_t>(id + 128); }
-
-struct ledger {
-    static inline long retained[max_id + 128] = {};
-    static inline long net_retained = 0;
-    static inline long live_nodes = 0;
-    static inline long live_bytes = 0;
-    static void reset() {
-        std::fill(std::begin(retained), std::end(retained), 0);
-        net_retained = live_nodes = live_bytes = 0;
-    }
-    struct snapshot {
-        long retained = net_retained, nodes = live_nodes, bytes = live_bytes;
-        bool operator==(const snapshot& o) const { return retained == o.retained && nodes == o.nodes && bytes == o.bytes; }
-    };
-};
-
-struct ledger_policy : default_policy {
-    using refcount = pypersistent::single_thread_refcount;
-    static void retain(const tkey& k) noexcept {
-        ++ledger::retained[slot(k.id)];
-        ++ledger::net_retained;
-    }
-    static void release(const tkey& k) noexcept {
-        --ledger::retained[slot(k.id)];
-        --ledger::net_retained;
-    }
-    static void* allocate(std::size_t bytes) {
-        inject::point(true);
-        void* p = ::operator new(bytes);
-        ++ledger::live_nodes;
-        ledger::live_bytes += static_cast<long>(bytes);
-        return p;
-    }
-    static void deallocate(void* p, std::size_t bytes) noexcept {
-        --ledger::live_nodes;
-        ledger::live_bytes -= static_cast<long>(bytes);
-        ::operator delete(p);
-    }
-};
-
-using xmap = persistent_sorted_map<tkey, tkey, throwing_less, ledger_policy>;
+using xmap = persistent_sorted_map<tkey, tkey, throwing_less, ledger_policy<>>;
 using xtransient = xmap::transient_type;
 
 // Values are the key's id + 8192 (another ledger slot), or a variant of it.
@@ -606,10 +546,7 @@ protected:
     void TearDown() override {
         inject::active = false;
         inject::allocations_only = false;
-        EXPECT_EQ(ledger::live_nodes, 0) << "nodes leaked";
-        EXPECT_EQ(ledger::live_bytes, 0) << "bytes leaked";
-        EXPECT_EQ(ledger::net_retained, 0) << "retains without releases";
-        for (int id = -128; id < max_id; ++id) ASSERT_EQ(ledger::retained[slot(id)], 0) << "id " << id;
+        expect_ledger_balanced();
     }
 };
 
@@ -626,33 +563,6 @@ template <class Map>
         ++it;
     }
     return ::testing::AssertionSuccess();
-}
-
-// Runs `op` with the n-th injection point throwing, n = 1, 2, ... until it completes; after each
-// failure the ledger must be as before and `intact` must hold. Returns the failures seen.
-template <class Op, class Intact>
-long sweep(Op&& op, Intact&& intact) {
-    long failures = 0;
-    for (long n = 1;; ++n) {
-        const ledger::snapshot before;
-        inject::countdown = n;
-        inject::active = true;
-        bool threw = false;
-        try {
-            op();
-        } catch (const inject::injected_error&) {
-            threw = true;
-        } catch (const inject::injected_bad_alloc&) {
-            threw = true;
-        }
-        inject::active = false;
-        inject::countdown = 0;
-        if (!threw) return failures;
-        ++failures;
-        EXPECT_TRUE(ledger::snapshot() == before) << "a failed operation left something behind (n = " << n << ")";
-        intact();
-        if (::testing::Test::HasFailure()) return failures;
-    }
 }
 
 std::map<int, int> xmodel(int from, int to, int step) {
@@ -816,16 +726,16 @@ TEST_F(SortedMapExceptions, RetainsMatchStoredCopies) {
             }
         }
     };
-    std::vector<long> copies(max_id, 0);
+    std::vector<long> copies(ledger::max_id, 0);
     count_copies(m, copies);
-    for (int id = 0; id < max_id; ++id) ASSERT_EQ(ledger::retained[slot(id)], copies[static_cast<std::size_t>(id)]) << id;
+    for (int id = 0; id < ledger::max_id; ++id) ASSERT_EQ(ledger::retained(id), copies[static_cast<std::size_t>(id)]) << id;
     // After dropping everything, nothing stays retained (checked in TearDown); drop a middle
     // version too.
     xmap m2 = m.erase(tkey(1500)).set(tkey(1500), tkey(1));
     m = xmap();
     std::fill(copies.begin(), copies.end(), 0);
     count_copies(m2, copies);
-    for (int id = 0; id < max_id; ++id) ASSERT_EQ(ledger::retained[slot(id)], copies[static_cast<std::size_t>(id)]) << id;
+    for (int id = 0; id < ledger::max_id; ++id) ASSERT_EQ(ledger::retained(id), copies[static_cast<std::size_t>(id)]) << id;
 }
 
 // ---- hostile comparators ---------------------------------------------------------------------
@@ -911,13 +821,13 @@ TEST_F(SortedMapTest, HostileComparatorsKeepTreesValid) {
 // map exactly as it was (same entries in the same order), and the trees stay valid.
 struct chaos_throw_less {
     bool operator()(const tkey& a, const tkey& b) const {
-        inject::point(false);
+        inject::point(inject::user_call);
         (void)a;
         (void)b;
         return chaos::coin();
     }
 };
-using cmap = persistent_sorted_map<tkey, tkey, chaos_throw_less, ledger_policy>;
+using cmap = persistent_sorted_map<tkey, tkey, chaos_throw_less, ledger_policy<>>;
 
 template <class Map>
 std::vector<std::pair<int, int>> entries_of(const Map& m) {

@@ -1,6 +1,7 @@
 // Shared helpers for the C++ unit tests: hash functors that force particular trie shapes, a
-// model comparison, a canonical-order comparison and a structural invariant checker that walks
-// the CHAMP nodes directly.
+// model comparison, a canonical-order comparison, a structural invariant checker that walks
+// the CHAMP nodes directly, and (pptest::faults) failure injection with a policy that keeps a
+// ledger of nodes and retains for exception-safety sweeps.
 #pragma once
 
 #include <pypersistent/pypersistent.hpp>
@@ -10,7 +11,10 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <iterator>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <unordered_set>
@@ -274,3 +278,126 @@ int collision_depth(const typename Trie::node* n, int depth = 0) {
 }
 
 }  // namespace pptest
+
+// ---- failure injection and the reference ledger ---------------------------------------------
+//
+// For exception-safety sweeps. The user code a container calls (key comparisons, key copies) and
+// its node allocations are injection points: with inject::active, the countdown-th point from
+// the start throws. ledger_policy keeps the ledger: live nodes and bytes, and the retains and
+// releases of every key id, so a test can check that a failed operation left everything as it
+// was (the strong guarantee) and that nothing leaked.
+//
+// A namespace of its own: argument-dependent lookup through ledger_policy (a template argument of
+// the containers under test) then finds none of pptest's helpers, which a test file may shadow
+// with its own (well_formed, holds...).
+namespace pptest::faults {
+
+namespace inject {
+enum site : unsigned { user_call, allocation };
+struct injected_error : std::exception {
+    const char* what() const noexcept override { return "injected failure"; }
+};
+struct injected_bad_alloc : std::bad_alloc {
+    const char* what() const noexcept override { return "injected allocation failure"; }
+};
+inline bool active = false;
+inline bool allocations_only = false;  // only allocations are injection points
+inline long countdown = 0;             // > 0: the countdown-th injection point from now throws
+
+// An injection point: throws injected_bad_alloc (an allocation) or injected_error (a user call)
+// when the countdown reaches it.
+inline void point(site s) {
+    if (!active || (allocations_only && s != allocation)) return;
+    if (countdown > 0 && --countdown == 0) {
+        if (s == allocation) throw injected_bad_alloc();
+        throw injected_error();
+    }
+}
+}  // namespace inject
+
+// What ledger_policy counted. Key ids are in [min_id, max_id) (negative keys too).
+struct ledger {
+    static constexpr int min_id = -128;
+    static constexpr int max_id = 1 << 14;
+    static inline long retained_by_slot[max_id - min_id] = {};
+    static inline long net_retained = 0;
+    static inline long live_nodes = 0;
+    static inline long live_bytes = 0;
+    // The net retains of the key (or value) with this id.
+    static long& retained(int id) { return retained_by_slot[static_cast<std::size_t>(id - min_id)]; }
+    static void reset() {
+        std::fill(std::begin(retained_by_slot), std::end(retained_by_slot), 0);
+        net_retained = live_nodes = live_bytes = 0;
+    }
+    struct snapshot {
+        long retained = net_retained, nodes = live_nodes, bytes = live_bytes;
+        bool operator==(const snapshot& o) const { return retained == o.retained && nodes == o.nodes && bytes == o.bytes; }
+    };
+};
+
+// A one-thread node policy over keys (and values) with an int `id`: every allocation is an
+// injection point, and the ledger counts nodes, bytes and retains by id.
+template <bool CacheHash = false>
+struct ledger_policy : pypersistent::default_policy {
+    using refcount = pypersistent::single_thread_refcount;
+    static constexpr bool cache_hash = CacheHash;
+    template <class Key>
+    static void retain(const Key& k) noexcept {
+        ++ledger::retained(k.id);
+        ++ledger::net_retained;
+    }
+    template <class Key>
+    static void release(const Key& k) noexcept {
+        --ledger::retained(k.id);
+        --ledger::net_retained;
+    }
+    static void* allocate(std::size_t bytes) {
+        inject::point(inject::allocation);
+        void* p = ::operator new(bytes);
+        ++ledger::live_nodes;
+        ledger::live_bytes += static_cast<long>(bytes);
+        return p;
+    }
+    static void deallocate(void* p, std::size_t bytes) noexcept {
+        --ledger::live_nodes;
+        ledger::live_bytes -= static_cast<long>(bytes);
+        ::operator delete(p);
+    }
+};
+
+// The end of a test: no node, byte or retain left, for any id.
+inline void expect_ledger_balanced() {
+    EXPECT_EQ(ledger::live_nodes, 0) << "nodes leaked";
+    EXPECT_EQ(ledger::live_bytes, 0) << "bytes leaked";
+    EXPECT_EQ(ledger::net_retained, 0) << "retains without releases";
+    for (int id = ledger::min_id; id < ledger::max_id; ++id) ASSERT_EQ(ledger::retained(id), 0) << "id " << id;
+}
+
+// Runs `op` with the n-th injection point throwing, for n = 1, 2, ... until it completes. After
+// each failure the ledger must be as before and `intact` must hold; returns the failures seen.
+template <class Op, class Intact>
+long sweep(Op&& op, Intact&& intact) {
+    long failures = 0;
+    for (long n = 1;; ++n) {
+        const ledger::snapshot before;
+        inject::countdown = n;
+        inject::active = true;
+        bool threw = false;
+        try {
+            op();
+        } catch (const inject::injected_error&) {
+            threw = true;
+        } catch (const inject::injected_bad_alloc&) {
+            threw = true;
+        }
+        inject::active = false;
+        inject::countdown = 0;
+        if (!threw) return failures;
+        ++failures;
+        EXPECT_TRUE(ledger::snapshot() == before) << "a failed operation left something behind (n = " << n << ")";
+        intact();
+        if (::testing::Test::HasFailure()) return failures;
+    }
+}
+
+}  // namespace pptest::faults
