@@ -1,4 +1,4 @@
-"""pypersistent: persistent (immutable) maps, sets and lists with a C++ core, built for free-threaded Python.
+"""pypersistent: persistent (immutable) maps, sorted maps, sets and lists with a C++ core, built for free-threaded Python.
 
 >>> from pypersistent import PersistentMap
 >>> m = PersistentMap(a=1)
@@ -34,6 +34,11 @@ from ._pypersistent import (
     PersistentListIterator,
     PersistentSet,
     PersistentSetIterator,
+    PersistentSortedDict,
+    PersistentSortedDictItems,
+    PersistentSortedDictIterator,
+    PersistentSortedDictKeys,
+    PersistentSortedDictValues,
     SharedAtom,
     SharedMap,
     SharedMapIterator,
@@ -42,6 +47,7 @@ from ._pypersistent import (
     TransientList,
     TransientMap,
     TransientSet,
+    TransientSortedDict,
     __version__,
 )
 
@@ -53,6 +59,7 @@ PersistentArrayMap = PersistentMap
 __all__ = ["Atom", "PersistentMap", "TransientMap", "PersistentDict", "PersistentArrayMap", "FREE_THREADED_BUILD"]
 __all__ += ["PersistentList", "TransientList"]
 __all__ += ["PersistentSet", "TransientSet"]
+__all__ += ["PersistentSortedDict", "TransientSortedDict"]
 __all__ += ["freeze", "thaw"]
 __all__ += ["SharedMap", "TransientSharedMap", "SharedAtom"]
 
@@ -66,6 +73,12 @@ _abc.Sequence.register(PersistentList)
 _abc.Iterator.register(PersistentListIterator)
 _abc.Set.register(PersistentSet)
 _abc.Iterator.register(PersistentSetIterator)
+_abc.Mapping.register(PersistentSortedDict)
+_abc.MutableMapping.register(TransientSortedDict)
+_abc.KeysView.register(PersistentSortedDictKeys)
+_abc.ValuesView.register(PersistentSortedDictValues)
+_abc.ItemsView.register(PersistentSortedDictItems)
+_abc.Iterator.register(PersistentSortedDictIterator)
 _abc.Mapping.register(SharedMap)
 _abc.Iterator.register(SharedMapIterator)
 
