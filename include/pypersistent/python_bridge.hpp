@@ -236,9 +236,11 @@ struct object_less {
         PyTypeObject* ta = Py_TYPE(a);
         if (ta == Py_TYPE(b)) {
             if (ta == &PyLong_Type) {
+                long x, y;
+                if (small_int(a, x) && small_int(b, y)) return x < y;
                 int overflow_a = 0, overflow_b = 0;
-                const long x = PyLong_AsLongAndOverflow(a, &overflow_a);
-                const long y = PyLong_AsLongAndOverflow(b, &overflow_b);
+                x = PyLong_AsLongAndOverflow(a, &overflow_a);
+                y = PyLong_AsLongAndOverflow(b, &overflow_b);
                 if (!overflow_a && !overflow_b) return x < y;  // exact ints never fail here
             } else if (ta == &PyFloat_Type) {
                 return PyFloat_AS_DOUBLE(a) < PyFloat_AS_DOUBLE(b);
@@ -250,6 +252,23 @@ struct object_less {
     }
 
 private:
+    // The value of an exact int of one digit (|x| < 2**30), read inline from CPython's layout
+    // (the compact-int API from 3.12 on); false for others, which take PyLong_AsLongAndOverflow.
+    static bool small_int(PyObject* o, long& out) noexcept {
+#if PY_VERSION_HEX >= 0x030C0000
+        PyLongObject* v = reinterpret_cast<PyLongObject*>(o);
+        if (!PyUnstable_Long_IsCompact(v)) return false;
+        out = static_cast<long>(PyUnstable_Long_CompactValue(v));
+        return true;
+#else
+        const Py_ssize_t size = Py_SIZE(o);
+        if (size < -1 || size > 1) return false;
+        const long digit0 = size == 0 ? 0 : static_cast<long>(reinterpret_cast<PyLongObject*>(o)->ob_digit[0]);
+        out = size < 0 ? -digit0 : digit0;
+        return true;
+#endif
+    }
+
     PYPERSISTENT_NOINLINE
     static bool call_lt(PyObject* a, PyObject* b) {
         int r;
