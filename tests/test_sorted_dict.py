@@ -624,3 +624,59 @@ def test_what_changed_from_2_0():
     assert list(reversed(m)) == [2, 1]  # 2.0: reversed() raised KeyError
     assert m[1:] == m and m[:2] == {1: "a"}  # 2.0: both bounds were required
     assert S(m) is m and S({1: 2}) == {1: 2} and S(a=1) == {"a": 1}  # 2.0: no constructor arguments
+
+
+# ---- threads ------------------------------------------------------------------------------------------
+
+
+def _run_threads(target, n=8):
+    import threading
+
+    barrier = threading.Barrier(n)
+    errors = []
+
+    def wrapper(index):
+        try:
+            target(index, barrier)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrapper, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "threads did not finish in time"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.thread_unsafe  # starts threads of its own
+def test_one_map_and_one_iterator_shared_by_threads():
+    base = S({i: -i for i in range(20000)})
+    for reverse in (False, True):
+        it = base.irange(reverse=reverse)
+        got = [[] for _ in range(8)]
+
+        def drain(index, barrier):
+            barrier.wait()
+            for k in it:
+                got[index].append(k)
+
+        _run_threads(drain)
+        flat = [k for r in got for k in r]
+        assert sorted(flat) == list(range(20000))  # each key once
+        for r in got:  # each thread saw its share in order
+            assert r == sorted(r, reverse=reverse)
+
+    def derive(index, barrier):
+        barrier.wait()
+        m = base
+        for i in range(2000):
+            k = (index + 1) * 100_000 + i
+            m = m.set(k, i).delete(i * 8 + index)
+            assert m.floor(k) == (k, i) and m.ceiling(k - i) == (k - i, 0)
+        assert len(m) == 20000 and list(base.items())[:3] == [(0, 0), (1, -1), (2, -2)]
+
+    _run_threads(derive)
+    assert len(base) == 20000 and base.last() == (19999, -19999)
