@@ -1127,12 +1127,19 @@ PyObject* tsorted_popitem(PyObject* self, PyObject*) {
         }
         PyObject* pair = pair_of(*e);
         if (!pair) return nullptr;
+        bool removed = false;
         try {
-            // The entry's own key, so the comparisons find it (unless `<` is inconsistent).
-            t.erase(PyTuple_GET_ITEM(pair, 0));
+            // The entry's own key: the comparisons find it unless `<` answers inconsistently.
+            removed = t.erase(PyTuple_GET_ITEM(pair, 0));
         } catch (...) {
             Py_DECREF(pair);
             throw;
+        }
+        if (!removed) {  // never claim a removal that did not happen (a `while t: t.popitem()` loop)
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_RuntimeError,
+                            "popitem(): the largest key was not found again (its __lt__ answers inconsistently)");
+            return nullptr;
         }
         return pair;
     });
