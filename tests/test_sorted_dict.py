@@ -689,3 +689,14 @@ def test_one_map_and_one_iterator_shared_by_threads():
 
     _run_threads(derive)
     assert len(base) == 20000 and base.last() == (19999, -19999)
+
+
+def test_an_atom_holds_a_sorted_dict():
+    from pypersistent import Atom
+
+    a = Atom(S({1: "a"}))
+    seen = []
+    a.watch(lambda old, new: seen.append(old.diff(new).added))
+    a.swap(lambda m, k: m.set(k, "b"), 2)
+    assert a.deref() == {1: "a", 2: "b"} and type(a.deref()) is S and seen == [{2: "b"}]
+    assert a.compare_and_set(a.deref(), S()) and a.deref() == {}

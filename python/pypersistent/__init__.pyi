@@ -518,7 +518,9 @@ class PersistentSetIterator(Iterator[T]):
     def __next__(self) -> T: ...
     def __length_hint__(self) -> int: ...
 
-_Persistent = TypeVar("_Persistent", bound=PersistentMap[Any, Any] | PersistentSet[Any] | PersistentList[Any])
+_Persistent = TypeVar(
+    "_Persistent", bound=PersistentMap[Any, Any] | PersistentSet[Any] | PersistentList[Any] | PersistentSortedDict[Any, Any]
+)
 
 _Watcher = TypeVar("_Watcher", bound=Callable[[Any, Any], object])
 
