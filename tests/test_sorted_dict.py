@@ -596,45 +596,6 @@ def test_cycles_through_values_keys_and_transients_are_collected():
     gc.collect()
 
 
-# ---- pypersistent 2.0 -----------------------------------------------------------------------------
-
-
-def test_a_2_0_session():
-    """What pypersistent 2.0's PersistentSortedDict offered, called as a 2.0 user did."""
-    m = S.create(c=3, a=1, b=2)
-    m2 = S.from_dict({3: "c", 1: "a", 2: "b", 4: "d"})
-    assert list(m.keys()) == ["a", "b", "c"] and list(m.values()) == [1, 2, 3]
-    assert m.assoc("d", 4)["d"] == 4 and m.set("d", 4) == m.assoc("d", 4) and m.dissoc("a") == {"b": 2, "c": 3}
-    assert m.delete("absent") is m and m.dissoc("absent") is m  # as 2.0: no KeyError
-    assert m.contains("a") and not m.contains("z") and "a" in m
-    assert m.get("a") == 1 and m.get("z", None) is None
-    # 2.0 returned a [key, value] list; now a (key, value) tuple, which unpacks the same way.
-    k, v = m2.first()
-    assert (k, v) == (1, "a") and tuple(m2.last()) == (4, "d")
-    assert m2.subseq(1, 3) == {1: "a", 2: "b"} and m2[1:3] == {1: "a", 2: "b"} and m2[1:3:None] == m2.subseq(1, 3)
-    assert m2.rsubseq(1, 4) == {1: "a", 2: "b", 3: "c"}
-    assert m.update({"z": 0})["z"] == 0 and m.merge({"z": 0}) == m.update({"z": 0}) and (m | {"z": 0})["z"] == 0
-    assert m.clear() == {} and m.copy() is m and m.dict() == {"a": 1, "b": 2, "c": 3}
-    assert [tuple(p) for p in m.items_list()] == [("a", 1), ("b", 2), ("c", 3)]
-    assert m.keys_list() == ["a", "b", "c"] and m.values_list() == [1, 2, 3]
-    assert pickle.loads(pickle.dumps(m2)) == m2 and len(m2) == 4
-    assert m2 == S.from_dict(dict(m2))
-    with pytest.raises(KeyError):
-        m2[9]
-    with pytest.raises(TypeError):
-        S.from_dict({1: 1, "a": 2})
-
-
-def test_what_changed_from_2_0():
-    m = S({1: "a", 2: "b"})
-    assert m == {1: "a", 2: "b"}  # 2.0: False (it compared equal only to its own type)
-    assert hash(m) == hash(S({2: "b", 1: "a"}))  # 2.0: unhashable
-    assert m.get(9) is None  # 2.0: get() without a default raised KeyError
-    assert list(reversed(m)) == [2, 1]  # 2.0: reversed() raised KeyError
-    assert m[1:] == m and m[:2] == {1: "a"}  # 2.0: both bounds were required
-    assert S(m) is m and S({1: 2}) == {1: 2} and S(a=1) == {"a": 1}  # 2.0: no constructor arguments
-
-
 # ---- threads ------------------------------------------------------------------------------------------
 
 
