@@ -1,6 +1,7 @@
-"""pypersistent 2.0's map API (and, at the end, its PersistentSortedDict's) keeps working: its names (PersistentDict, PersistentArrayMap) and
+"""pypersistent 2.0's map API keeps working: its names (PersistentDict, PersistentArrayMap) and
 its methods, as a 2.0 user calls them. (2.0's PersistentArrayMap refused more than 8 entries;
-here both names are the one map, whose small maps are a single array node anyway.)"""
+here both names are the one map, whose small maps are a single array node anyway.) At the end,
+2.0's PersistentSortedDict, likewise."""
 
 from __future__ import annotations
 
