@@ -100,6 +100,8 @@ def _convert(obj, strict, to_persistent):
         if to_persistent:
             if isinstance(o, dict) or (strict and t is PersistentMap):
                 kind = "map"
+            elif strict and t is PersistentSortedDict:
+                kind = "sorted"
             elif isinstance(o, list) or (strict and t is PersistentList):
                 kind = "list"
             elif isinstance(o, set):
@@ -109,7 +111,7 @@ def _convert(obj, strict, to_persistent):
             else:
                 return o
         else:
-            if t is PersistentMap or (strict and isinstance(o, dict)):
+            if t is PersistentMap or t is PersistentSortedDict or (strict and isinstance(o, dict)):
                 kind = "map"
             elif t is PersistentList or (strict and isinstance(o, list)):
                 kind = "list"
@@ -133,6 +135,8 @@ def _convert(obj, strict, to_persistent):
             if kind == "map":
                 pairs = [(k, walk(v)) for k, v in list(o.items())]
                 result = PersistentMap(pairs) if to_persistent else dict(pairs)
+            elif kind == "sorted":  # freezing the values of a PersistentSortedDict keeps its type
+                result = PersistentSortedDict([(k, walk(v)) for k, v in o.items()])
             elif kind == "list":
                 items = [walk(x) for x in list(o)]
                 result = PersistentList(items) if to_persistent else items
@@ -164,7 +168,8 @@ def freeze(obj, strict=True, /):
     dict (and its subclasses) becomes PersistentMap, list becomes PersistentList, set becomes
     PersistentSet, and tuples (named tuples too) are rebuilt with their items frozen; keys, set
     elements and other objects are kept as they are. With strict=True (the default, as in
-    pyrsistent) the values inside PersistentMaps and PersistentLists are frozen too. A container
+    pyrsistent) the values inside PersistentMaps, PersistentSortedDicts and PersistentLists are
+    frozen too. A container
     reached twice becomes one shared structure; one that contains itself raises ValueError.
 
     >>> freeze({"a": [1, {"b": {2}}]})
@@ -176,9 +181,9 @@ def freeze(obj, strict=True, /):
 def thaw(obj, strict=True, /):
     """thaw(obj, strict=True, /) -> the same data in plain dicts, lists and sets, converted deeply.
 
-    The inverse of freeze(): PersistentMap becomes dict, PersistentList becomes list,
-    PersistentSet becomes set, and tuples are rebuilt with their items thawed. With strict=True
-    (the default) the values inside plain dicts and lists are thawed too.
+    The inverse of freeze(): PersistentMap and PersistentSortedDict become dict, PersistentList
+    becomes list, PersistentSet becomes set, and tuples are rebuilt with their items thawed. With
+    strict=True (the default) the values inside plain dicts and lists are thawed too.
 
     >>> thaw(freeze({"a": [1, {"b": {2}}]}))
     {'a': [1, {'b': {2}}]}
