@@ -661,3 +661,92 @@ def test_an_atom_holds_a_sorted_dict():
     a.swap(lambda m, k: m.set(k, "b"), 2)
     assert a.deref() == {1: "a", 2: "b"} and type(a.deref()) is S and seen == [{2: "b"}]
     assert a.compare_and_set(a.deref(), S()) and a.deref() == {}
+
+
+# ---- a short adversarial fuzz: __lt__ that raises, lies, collects garbage, reenters -------------------
+
+
+@pytest.mark.thread_unsafe  # gc.collect() inside comparisons and finalizers; shared generator
+def test_hostile_fuzz():
+    rng = random.Random(11)
+    state = {"t": None, "maps": [S()]}
+
+    class V:
+        def __del__(self):
+            t = state["t"]
+            if t is not None and rng.random() < 0.3:
+                try:
+                    t[FK(rng.randrange(50))] = 1  # a finalizer that edits a transient (busy or not)
+                except Exception:  # noqa: BLE001 - RuntimeError while busy, Boom, TypeError
+                    pass
+            if rng.random() < 0.02:
+                gc.collect(0)
+
+    class FK:
+        __slots__ = ("n",)
+
+        def __init__(self, n):
+            self.n = n
+
+        def __lt__(self, o):
+            r = rng.random()
+            if r < 0.01:
+                raise Boom
+            if r < 0.02:
+                gc.collect(0)  # the youngest generation: a full collection of pytest's heap is slow
+            if r < 0.03 and state["t"] is not None:
+                try:
+                    len(state["t"])
+                except RuntimeError:
+                    pass
+            if r < 0.04:
+                state["maps"][:] = state["maps"][-3:]  # drop versions mid-operation
+            if r < 0.045:
+                return rng.random() < 0.5
+            return self.n < o.n
+
+    for step in range(20000):
+        maps = state["maps"]
+        m = rng.choice(maps) if maps else S()
+        k = FK(rng.randrange(300))
+        op = rng.randrange(14)
+        try:
+            if op < 4:
+                maps.append(m.set(k, V()))
+            elif op == 4:
+                maps.append(m.delete(k))
+            elif op == 5:
+                m.floor(k), m.ceiling(k), m.lower(k), m.higher(k), k in m, m.get(k)
+            elif op == 6:
+                maps.append(m[k:FK(k.n + 40)])
+            elif op == 7:
+                list(m.irange(k, FK(k.n + 30), reverse=rng.random() < 0.5))
+            elif op == 8:
+                t = m.transient()
+                state["t"] = t
+                for _ in range(rng.randrange(30)):
+                    if rng.random() < 0.7:
+                        t[FK(rng.randrange(300))] = V()
+                    else:
+                        t.pop(FK(rng.randrange(300)), None)
+                maps.append(t.persistent())
+            elif op == 9:
+                m.diff(rng.choice(maps))
+            elif op == 10:
+                m == rng.choice(maps)
+            elif op == 11:
+                maps.append(m | rng.choice(maps))
+            elif op == 12:
+                list(reversed(m.items()))
+            else:
+                S(list(m.items()))
+        except (Boom, RuntimeError):
+            pass
+        finally:
+            state["t"] = None
+        if len(maps) > 200:
+            del maps[:100]
+        for x in maps[-2:]:
+            assert len(list(x)) == len(x) == len(list(reversed(x)))
+    state["maps"].clear()
+    full_gc()
