@@ -63,8 +63,9 @@ AtomObject* as_atom(PyObject* o) { return reinterpret_cast<AtomObject*>(o); }
 // An Atom holds one of the persistent structures: immutable, so that what deref() returns can
 // be shared by every thread without copies or locks.
 bool require_persistent(PyObject* o, const char* what) {
-    if (is_map(o) || is_set(o) || is_persistent_list(o)) return true;
-    PyErr_Format(PyExc_TypeError, "%s must be a PersistentMap, PersistentSet or PersistentList, not %.200s", what,
+    if (is_map(o) || is_set(o) || is_persistent_list(o) || is_sorted_map(o)) return true;
+    PyErr_Format(PyExc_TypeError,
+                 "%s must be a PersistentMap, PersistentSet, PersistentList or PersistentSortedDict, not %.200s", what,
                  Py_TYPE(o)->tp_name);
     return false;
 }

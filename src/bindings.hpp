@@ -73,6 +73,13 @@ struct module_state {
     PyTypeObject* shared_map_iterator_type = nullptr;
     PyTypeObject* transient_shared_map_type = nullptr;
     PyTypeObject* shared_atom_type = nullptr;
+    // PersistentSortedDict, its transient, iterator and views (sorted_map_object.cpp).
+    PyTypeObject* sorted_map_type = nullptr;
+    PyTypeObject* transient_sorted_type = nullptr;
+    PyTypeObject* sorted_iterator_type = nullptr;
+    PyTypeObject* sorted_keys_type = nullptr;
+    PyTypeObject* sorted_values_type = nullptr;
+    PyTypeObject* sorted_items_type = nullptr;
     // Struct sequences (named tuples) that diff() returns; made in module.cpp.
     PyTypeObject* map_diff_type = nullptr;
     PyTypeObject* set_diff_type = nullptr;
@@ -291,6 +298,7 @@ PyObject* object_sizeof(PyObject* self, PyObject*);
 bool is_map(PyObject* o) noexcept;
 bool is_set(PyObject* o) noexcept;               // a PersistentSet (set_object.cpp)
 bool is_persistent_list(PyObject* o) noexcept;  // a PersistentList (list_object.cpp)
+bool is_sorted_map(PyObject* o) noexcept;       // a PersistentSortedDict (sorted_map_object.cpp)
 PyObject* make_set_iterator(module_state* state, PyObject* set);
 // The module state recorded in one of this interpreter's types (a dict lookup: cold paths only).
 module_state* state_of_type(PyTypeObject* type);
@@ -348,6 +356,12 @@ extern PyType_Spec shared_map_spec;            // shared_object.cpp
 extern PyType_Spec shared_map_iterator_spec;
 extern PyType_Spec transient_shared_map_spec;
 extern PyType_Spec shared_atom_spec;
+extern PyType_Spec sorted_map_spec;  // sorted_map_object.cpp
+extern PyType_Spec transient_sorted_spec;
+extern PyType_Spec sorted_iterator_spec;
+extern PyType_Spec sorted_keys_spec;
+extern PyType_Spec sorted_values_spec;
+extern PyType_Spec sorted_items_spec;
 
 // Lets CPython's cross-interpreter machinery (interpreter queues, Interpreter.call, prepare_main)
 // move a SharedMap by reference on the versions where that is possible (shared_crossinterp.cpp).

@@ -53,7 +53,7 @@ void keep_alive(PyTypeObject* holder, const char* name, PyObject* held) {
 }  // namespace
 
 PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpreters::per_interpreter_gil()) {
-    m.doc() = "C++ core of pypersistent: PersistentMap and TransientMap.";
+    m.doc() = "C++ core of pypersistent: PersistentMap, PersistentSortedDict and the other structures.";
 
     auto* state = new module_state();
     PyObject* raw_capsule = PyCapsule_New(state, state_capsule_name, destroy_state);
@@ -87,6 +87,12 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
         {&shared_map_iterator_spec, &module_state::shared_map_iterator_type, "SharedMapIterator"},
         {&transient_shared_map_spec, &module_state::transient_shared_map_type, "TransientSharedMap"},
         {&shared_atom_spec, &module_state::shared_atom_type, "SharedAtom"},
+        {&sorted_map_spec, &module_state::sorted_map_type, "PersistentSortedDict"},
+        {&transient_sorted_spec, &module_state::transient_sorted_type, "TransientSortedDict"},
+        {&sorted_iterator_spec, &module_state::sorted_iterator_type, "PersistentSortedDictIterator"},
+        {&sorted_keys_spec, &module_state::sorted_keys_type, "PersistentSortedDictKeys"},
+        {&sorted_values_spec, &module_state::sorted_values_type, "PersistentSortedDictValues"},
+        {&sorted_items_spec, &module_state::sorted_items_type, "PersistentSortedDictItems"},
     };
     std::vector<py::object> types;
     for (const type_row& row : type_table) {

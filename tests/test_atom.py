@@ -19,7 +19,7 @@ import pytest
 
 from pypersistent import Atom, PersistentList, PersistentMap, PersistentSet
 
-MUST_BE = "must be a PersistentMap, PersistentSet or PersistentList"
+MUST_BE = "must be a PersistentMap, PersistentSet, PersistentList or PersistentSortedDict"
 
 JOIN_TIMEOUT = 60
 

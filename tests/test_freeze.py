@@ -155,3 +155,15 @@ def test_deep_nesting_raises_recursion_error_not_a_crash():
         deep = [deep]
     with pytest.raises(RecursionError):
         freeze(deep)
+
+
+def test_sorted_dicts_freeze_their_values_and_thaw_to_dicts():
+    from pypersistent import PersistentSortedDict
+
+    sd = PersistentSortedDict({2: [1, {"a": {3}}], 1: "x"})
+    frozen = freeze(sd)
+    assert type(frozen) is PersistentSortedDict and type(frozen[2]) is PersistentList and list(frozen) == [1, 2]
+    assert type(frozen[2][1]) is PersistentMap and freeze(sd, False) is sd
+    back = thaw(frozen)
+    assert back == {1: "x", 2: [1, {"a": {3}}]} and type(back) is dict and type(back[2][1]["a"]) is set
+    assert thaw(PersistentSortedDict({1: [2]}), False) == {1: [2]}

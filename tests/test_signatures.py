@@ -27,12 +27,18 @@ from pypersistent import (
     PersistentMapValues,
     PersistentSet,
     PersistentSetIterator,
+    PersistentSortedDict,
+    PersistentSortedDictItems,
+    PersistentSortedDictIterator,
+    PersistentSortedDictKeys,
+    PersistentSortedDictValues,
     SharedAtom,
     SharedMap,
     TransientList,
     TransientMap,
     TransientSet,
     TransientSharedMap,
+    TransientSortedDict,
 )
 
 # ---- what is public -------------------------------------------------------------------------
@@ -40,10 +46,11 @@ from pypersistent import (
 EXPORTED_TYPES = sorted({getattr(pypersistent, n) for n in pypersistent.__all__ if isinstance(getattr(pypersistent, n), type)},
                         key=lambda t: t.__name__)
 VIEW_AND_ITERATOR_TYPES = [PersistentMapKeys, PersistentMapValues, PersistentMapItems, PersistentMapIterator,
-                           PersistentListIterator, PersistentSetIterator]
+                           PersistentListIterator, PersistentSetIterator, PersistentSortedDictKeys,
+                           PersistentSortedDictValues, PersistentSortedDictItems, PersistentSortedDictIterator]
 PUBLIC_TYPES = EXPORTED_TYPES + VIEW_AND_ITERATOR_TYPES
 # Types Python code may call (the others cannot be instantiated, or only raise).
-CONSTRUCTIBLE = [PersistentMap, PersistentList, PersistentSet, Atom]
+CONSTRUCTIBLE = [PersistentMap, PersistentList, PersistentSet, PersistentSortedDict, Atom]
 PUBLIC_DUNDERS = {"__class_getitem__", "__copy__", "__deepcopy__", "__reduce__", "__reversed__", "__enter__", "__exit__"}
 BUILTIN_METHOD_TYPES = (types.MethodDescriptorType, types.ClassMethodDescriptorType, types.BuiltinMethodType)
 
@@ -94,7 +101,7 @@ def test_type_has_a_docstring(tp):
     assert len(line) > 10 and not looks_like_a_signature(line, tp.__name__), line
 
 
-@pytest.mark.parametrize("tp", CONSTRUCTIBLE + [TransientMap, TransientList, TransientSet], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("tp", CONSTRUCTIBLE + [TransientMap, TransientList, TransientSet, TransientSortedDict], ids=lambda t: t.__name__)
 def test_type_has_a_signature(tp):
     assert tp.__text_signature__ is not None
     inspect.signature(tp)
@@ -146,6 +153,12 @@ def instance_of(tp):
         SharedMap: lambda: SharedMap({1: 2, 3: 4}),
         TransientSharedMap: lambda: SharedMap({1: 2, 3: 4}).transient(),
         SharedAtom: lambda: SharedAtom(f"test_signatures-{uuid.uuid4()}"),  # a cell of its own
+        PersistentSortedDict: lambda: PersistentSortedDict({1: 2, 3: 4}),
+        TransientSortedDict: lambda: PersistentSortedDict({1: 2, 3: 4}).transient(),
+        PersistentSortedDictKeys: lambda: PersistentSortedDict({1: 2}).keys(),
+        PersistentSortedDictValues: lambda: PersistentSortedDict({1: 2}).values(),
+        PersistentSortedDictItems: lambda: PersistentSortedDict({1: 2}).items(),
+        PersistentSortedDictIterator: lambda: iter(PersistentSortedDict({1: 2})),
     }
     return makers[tp]()
 
@@ -169,6 +182,8 @@ SAMPLES = {
     "exc_type": None,
     "exc": None,
     "tb": None,
+    "start": 1,
+    "end": 3,
 }
 
 
@@ -181,7 +196,7 @@ def sample_for(tp, name, param):
         return 2  # must be in the list
     if tp is SharedAtom and name == "compare_and_set" and param.name == "expected":
         return SharedMap()
-    if tp is PersistentMapKeys or tp is PersistentMapItems:
+    if tp in (PersistentMapKeys, PersistentMapItems, PersistentSortedDictKeys, PersistentSortedDictItems):
         return [(7, 8)]
     return SAMPLES[param.name]
 
@@ -212,9 +227,10 @@ def bound(tp, name):
 
 
 def comparable(result):
-    if isinstance(result, (TransientMap, TransientList, TransientSet)):
+    if isinstance(result, (TransientMap, TransientList, TransientSet, TransientSortedDict)):
         return result.persistent()
-    if isinstance(result, (PersistentMapIterator, PersistentListIterator, PersistentSetIterator)):
+    if isinstance(result, (PersistentMapIterator, PersistentListIterator, PersistentSetIterator,
+                           PersistentSortedDictIterator)):
         return list(result)
     return result
 
@@ -261,6 +277,7 @@ def test_constructor_signatures():
     assert str(inspect.signature(PersistentMap)) == "(mapping_or_pairs=(), /, **kwargs)"
     assert str(inspect.signature(PersistentList)) == "(iterable=(), /)"
     assert str(inspect.signature(PersistentSet)) == "(iterable=(), /)"
+    assert str(inspect.signature(PersistentSortedDict)) == "(mapping_or_pairs=(), /, **kwargs)"
     # The defaults behave as leaving the argument out.
     assert PersistentMap(()) == PersistentMap() and PersistentMap((), a=1) == PersistentMap(a=1)
     assert PersistentList(()) == PersistentList() and PersistentSet(()) == PersistentSet()
@@ -383,7 +400,7 @@ def test_method_agrees_with_the_stub(case):
         assert_same_params(runtime, stub_params(defs[-1]), where)
 
 
-@pytest.mark.parametrize("tp", [PersistentMap, PersistentList, PersistentSet], ids=lambda t: t.__name__)
+@pytest.mark.parametrize("tp", [PersistentMap, PersistentList, PersistentSet, PersistentSortedDict], ids=lambda t: t.__name__)
 def test_constructor_agrees_with_the_stub(tp):
     defs = STUB_CLASSES[tp.__name__].get("__init__") or STUB_CLASSES[tp.__name__].get("__new__")
     runtime = [(p.name, p.kind, p.default is not p.empty) for p in inspect.signature(tp).parameters.values()]
@@ -418,6 +435,15 @@ ALIASES = [
     (TransientSet, ["add", "conj"], lambda f: f()),
     (TransientSet, ["discard", "disj"], lambda f: f()),
     (TransientSet, ["__exit__"], lambda f: f(None, None)),
+    (PersistentSortedDict, ["assoc", "set"], lambda f: f(1)),
+    (PersistentSortedDict, ["update", "merge"], lambda f: f({}, {})),
+    (PersistentSortedDict, ["get", "floor", "ceiling", "lower", "higher"], lambda f: f()),
+    (PersistentSortedDict, ["subseq", "rsubseq"], lambda f: f(1, 2, 3)),
+    (PersistentSortedDict, ["create"], lambda f: f({})),
+    (TransientSortedDict, ["assoc", "set"], lambda f: f(1, 2, 3)),
+    (TransientSortedDict, ["update"], lambda f: f({}, {})),
+    (TransientSortedDict, ["get", "pop", "setdefault"], lambda f: f()),
+    (TransientSortedDict, ["__exit__"], lambda f: f(None)),
     (Atom, ["compare_and_set"], lambda f: f(1)),
     (Atom, ["swap"], lambda f: f()),
     (Atom, ["reset"], lambda f: f(1)),

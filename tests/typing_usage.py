@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pypersistent import Atom, PersistentArrayMap, PersistentDict, PersistentMap, TransientMap
 from pypersistent import MapDiff, PersistentList, PersistentSet, SetDiff, TransientList, TransientSet
+from pypersistent import PersistentSortedDict
 
 if TYPE_CHECKING:
     from typing_extensions import assert_type
@@ -241,6 +242,24 @@ def diffs_and_watches() -> None:
     assert len(seen) == 1
 
 
+def sorted_dicts() -> None:
+    m: PersistentSortedDict[int, str] = PersistentSortedDict({2: "b", 1: "a"})
+    m2: PersistentSortedDict[int, str] = m.set(3, "c").delete(1)
+    first_key, first_value = m.first()
+    below: tuple[int, str] | None = m.floor(2)
+    sub: PersistentSortedDict[int, str] = m[1:2]
+    keys: list[int] = list(m.irange(1, 2, (True, False), reverse=True))
+    back: list[int] = list(reversed(m))
+    diff = m.diff(m2)
+    added: PersistentSortedDict[int, str] = diff.added
+    with m.transient() as t:
+        t[4] = "d"
+    built: PersistentSortedDict[int, str] = t.persistent()
+    wider: PersistentSortedDict[int, str | int] = m.set(5, 5)
+    assert first_key == 1 and first_value == "a" and below == (2, "b") and sub == {1: "a"}
+    assert keys == [1] and back == [2, 1] and added == {3: "c"} and len(built) == 3 and len(wider) == 3
+
+
 def main() -> None:
     m = build()
     assert lookups(m) == 3
@@ -256,6 +275,7 @@ def main() -> None:
     atoms()
     covariance()
     diffs_and_watches()
+    sorted_dicts()
 
 
 if __name__ == "__main__":

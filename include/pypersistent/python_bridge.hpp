@@ -227,6 +227,66 @@ using object_vector = pypersistent::persistent_vector<PyObject*, object_policy>;
 using object_vector_transient = object_vector::transient_type;
 using object_vector_trie = object_vector::trie;
 
+// Python's `<` as the ordering of persistent_sorted_map: a raising __lt__ throws python_error
+// (the map is unchanged: see sorted_map.hpp). Exact ints that fit a C long, exact floats and
+// exact strs of two of the same type compare inline, as `<` would; anything else calls
+// PyObject_RichCompareBool(a, b, Py_LT) in a user_code_window, like object_equal.
+struct object_less {
+    bool operator()(PyObject* a, PyObject* b) const {
+        PyTypeObject* ta = Py_TYPE(a);
+        if (ta == Py_TYPE(b)) {
+            if (ta == &PyLong_Type) {
+                long x, y;
+                if (small_int(a, x) && small_int(b, y)) return x < y;
+                int overflow_a = 0, overflow_b = 0;
+                x = PyLong_AsLongAndOverflow(a, &overflow_a);
+                y = PyLong_AsLongAndOverflow(b, &overflow_b);
+                if (!overflow_a && !overflow_b) return x < y;  // exact ints never fail here
+            } else if (ta == &PyFloat_Type) {
+                return PyFloat_AS_DOUBLE(a) < PyFloat_AS_DOUBLE(b);
+            } else if (ta == &PyUnicode_Type) {
+                return PyUnicode_Compare(a, b) < 0;  // two strs: cannot fail
+            }
+        }
+        return call_lt(a, b);
+    }
+
+private:
+    // The value of an exact int of one digit (|x| < 2**30), read inline from CPython's layout
+    // (the compact-int API from 3.12 on); false for others, which take PyLong_AsLongAndOverflow.
+    static bool small_int(PyObject* o, long& out) noexcept {
+#if PY_VERSION_HEX >= 0x030C0000
+        PyLongObject* v = reinterpret_cast<PyLongObject*>(o);
+        if (!PyUnstable_Long_IsCompact(v)) return false;
+        out = static_cast<long>(PyUnstable_Long_CompactValue(v));
+        return true;
+#else
+        const Py_ssize_t size = Py_SIZE(o);
+        if (size < -1 || size > 1) return false;
+        const long digit0 = size == 0 ? 0 : static_cast<long>(reinterpret_cast<PyLongObject*>(o)->ob_digit[0]);
+        out = size < 0 ? -digit0 : digit0;
+        return true;
+#endif
+    }
+
+    PYPERSISTENT_NOINLINE
+    static bool call_lt(PyObject* a, PyObject* b) {
+        int r;
+        {
+            deferred_releases::user_code_window window;
+            r = PyObject_RichCompareBool(a, b, Py_LT);
+        }
+        if (r < 0) throw python_error{};
+        return r != 0;
+    }
+};
+
+// PersistentSortedDict's B+-tree over the same policy (strong references, deferred releases),
+// ordered by Python's `<`.
+using object_sorted_map = pypersistent::persistent_sorted_map<PyObject*, PyObject*, object_less, object_policy>;
+using object_sorted_transient = object_sorted_map::transient_type;
+using object_sorted_tree = object_sorted_map::tree_type;
+
 inline pypersistent::hash_t to_trie_hash(Py_hash_t h) { return static_cast<pypersistent::hash_t>(h); }
 
 

@@ -1,4 +1,4 @@
-"""pypersistent: persistent (immutable) maps, sets and lists with a C++ core, built for free-threaded Python.
+"""pypersistent: persistent (immutable) maps, sorted maps, sets and lists with a C++ core, built for free-threaded Python.
 
 >>> from pypersistent import PersistentMap
 >>> m = PersistentMap(a=1)
@@ -34,6 +34,11 @@ from ._pypersistent import (
     PersistentListIterator,
     PersistentSet,
     PersistentSetIterator,
+    PersistentSortedDict,
+    PersistentSortedDictItems,
+    PersistentSortedDictIterator,
+    PersistentSortedDictKeys,
+    PersistentSortedDictValues,
     SharedAtom,
     SharedMap,
     SharedMapIterator,
@@ -42,6 +47,7 @@ from ._pypersistent import (
     TransientList,
     TransientMap,
     TransientSet,
+    TransientSortedDict,
     __version__,
 )
 
@@ -53,6 +59,7 @@ PersistentArrayMap = PersistentMap
 __all__ = ["Atom", "PersistentMap", "TransientMap", "PersistentDict", "PersistentArrayMap", "FREE_THREADED_BUILD"]
 __all__ += ["PersistentList", "TransientList"]
 __all__ += ["PersistentSet", "TransientSet"]
+__all__ += ["PersistentSortedDict", "TransientSortedDict"]
 __all__ += ["freeze", "thaw"]
 __all__ += ["SharedMap", "TransientSharedMap", "SharedAtom"]
 
@@ -66,6 +73,12 @@ _abc.Sequence.register(PersistentList)
 _abc.Iterator.register(PersistentListIterator)
 _abc.Set.register(PersistentSet)
 _abc.Iterator.register(PersistentSetIterator)
+_abc.Mapping.register(PersistentSortedDict)
+_abc.MutableMapping.register(TransientSortedDict)
+_abc.KeysView.register(PersistentSortedDictKeys)
+_abc.ValuesView.register(PersistentSortedDictValues)
+_abc.ItemsView.register(PersistentSortedDictItems)
+_abc.Iterator.register(PersistentSortedDictIterator)
 _abc.Mapping.register(SharedMap)
 _abc.Iterator.register(SharedMapIterator)
 
@@ -87,6 +100,8 @@ def _convert(obj, strict, to_persistent):
         if to_persistent:
             if isinstance(o, dict) or (strict and t is PersistentMap):
                 kind = "map"
+            elif strict and t is PersistentSortedDict:
+                kind = "sorted"
             elif isinstance(o, list) or (strict and t is PersistentList):
                 kind = "list"
             elif isinstance(o, set):
@@ -96,7 +111,7 @@ def _convert(obj, strict, to_persistent):
             else:
                 return o
         else:
-            if t is PersistentMap or (strict and isinstance(o, dict)):
+            if t is PersistentMap or t is PersistentSortedDict or (strict and isinstance(o, dict)):
                 kind = "map"
             elif t is PersistentList or (strict and isinstance(o, list)):
                 kind = "list"
@@ -120,6 +135,8 @@ def _convert(obj, strict, to_persistent):
             if kind == "map":
                 pairs = [(k, walk(v)) for k, v in list(o.items())]
                 result = PersistentMap(pairs) if to_persistent else dict(pairs)
+            elif kind == "sorted":  # freezing the values of a PersistentSortedDict keeps its type
+                result = PersistentSortedDict([(k, walk(v)) for k, v in o.items()])
             elif kind == "list":
                 items = [walk(x) for x in list(o)]
                 result = PersistentList(items) if to_persistent else items
@@ -151,7 +168,8 @@ def freeze(obj, strict=True, /):
     dict (and its subclasses) becomes PersistentMap, list becomes PersistentList, set becomes
     PersistentSet, and tuples (named tuples too) are rebuilt with their items frozen; keys, set
     elements and other objects are kept as they are. With strict=True (the default, as in
-    pyrsistent) the values inside PersistentMaps and PersistentLists are frozen too. A container
+    pyrsistent) the values inside PersistentMaps, PersistentSortedDicts and PersistentLists are
+    frozen too. A container
     reached twice becomes one shared structure; one that contains itself raises ValueError.
 
     >>> freeze({"a": [1, {"b": {2}}]})
@@ -163,9 +181,9 @@ def freeze(obj, strict=True, /):
 def thaw(obj, strict=True, /):
     """thaw(obj, strict=True, /) -> the same data in plain dicts, lists and sets, converted deeply.
 
-    The inverse of freeze(): PersistentMap becomes dict, PersistentList becomes list,
-    PersistentSet becomes set, and tuples are rebuilt with their items thawed. With strict=True
-    (the default) the values inside plain dicts and lists are thawed too.
+    The inverse of freeze(): PersistentMap and PersistentSortedDict become dict, PersistentList
+    becomes list, PersistentSet becomes set, and tuples are rebuilt with their items thawed. With
+    strict=True (the default) the values inside plain dicts and lists are thawed too.
 
     >>> thaw(freeze({"a": [1, {"b": {2}}]}))
     {'a': [1, {'b': {2}}]}
