@@ -238,8 +238,8 @@ int main(int argc, char** argv) {
 #endif
 
     // 4. Python is gone; the maps are not.
-    if (Py_FinalizeEx() < 0) errors.push_back("Py_FinalizeEx failed");
-    bool ok = true;
+    bool ok = Py_FinalizeEx() == 0;
+    if (!ok) std::printf("Py_FinalizeEx: FAILED\n");
     for (std::size_t i = 0; i < errors.size(); ++i) {
         if (errors[i].empty()) continue;
         std::printf("interpreter %zu: FAILED: %s\n", i, errors[i].c_str());
