@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds and runs the C++ host examples, failing on any error:
-#   1. examples/cpp_core_only and examples/embed inside the project build
-#      (-DPYPERSISTENT_BUILD_EXAMPLES=ON), run by CTest; the embed host on the default Python;
+#   1. examples/cpp_core_only, examples/embed and examples/shared_config inside the project
+#      build (-DPYPERSISTENT_BUILD_EXAMPLES=ON), run by CTest; the embedding hosts on the
+#      default Python;
 #   2. tests/cmake_consumers/run.sh: the core installed + find_package, add_subdirectory and
 #      FetchContent consumers;
-#   3. examples/embed built on its own for each other interpreter: the free-threaded 3.13t, and
-#      the ThreadSanitizer 3.13t (host compiled with clang++ -fsanitize=thread, extension built
-#      with scripts/build-extension.sh --tsan, TSAN_OPTIONS from build-python.sh plus
-#      halt_on_error=1) in stress mode.
+#   3. examples/embed and examples/shared_config built on their own for each other interpreter:
+#      the free-threaded 3.13t, and the ThreadSanitizer 3.13t (hosts compiled with clang++
+#      -fsanitize=thread, extension built with scripts/build-extension.sh --tsan, TSAN_OPTIONS
+#      from build-python.sh plus halt_on_error=1; embed in stress mode; shared_config with
+#      stress/tsan-suppressions.txt, which has CPython's report on creating subinterpreters).
 #
 # Usage:
 #   scripts/run-host-examples.sh [--short|--long] [--python PY]... [--bare-snapshots]
@@ -165,6 +167,8 @@ cmake -S . -B "$out/project" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
     { cat "$out/project-configure.log"; die "configure failed"; }
 grep -q "embed host: Python" "$out/project-configure.log" ||
     { cat "$out/project-configure.log"; die "examples/embed was skipped (no Python/pybind11?)"; }
+grep -q "shared_config host: Python" "$out/project-configure.log" ||
+    { cat "$out/project-configure.log"; die "examples/shared_config was skipped (no Python?)"; }
 cmake --build "$out/project" -j "$jobs"
 step "cpp_core_only (ctest)"
 run_ctest "$out/project/examples/cpp_core_only" "$out/cpp_core_only.test.log" -E cmake_consumers ||
@@ -172,6 +176,9 @@ run_ctest "$out/project/examples/cpp_core_only" "$out/cpp_core_only.test.log" -E
 step "embed host on $("$default_python" -c 'import sys; print(sys.version.split()[0])') (ctest)"
 run_ctest "$out/project/examples/embed" "$out/embed-default.test.log" ||
     die "embed host on the default Python failed"
+step "shared_config host on the default Python (ctest)"
+run_ctest "$out/project/examples/shared_config" "$out/shared_config-default.test.log" ||
+    die "shared_config host on the default Python failed"
 
 # ---- 2. CMake consumers --------------------------------------------------------------------
 step "CMake consumers: install + find_package, add_subdirectory, FetchContent"
@@ -214,6 +221,28 @@ for py in "${others[@]}"; do
             log "TSan needs lower mmap entropy: sysctl -w vm.mmap_rnd_bits=28 (as root)"
         die "embed host on $py ($flavour) failed"
     fi
+
+    # examples/shared_config: subinterpreters sharing a named cell with the host.
+    dir=$out/shared_config-$tag-$flavour
+    cfg=(-S examples/shared_config -B "$dir" "${gen[@]}" -DPython_EXECUTABLE="$py"
+         -DCMAKE_DISABLE_FIND_PACKAGE_pypersistent=ON)
+    if [ "$flavour" = tsan ]; then
+        # The project's suppressions (a superset of CPython's): they hold CPython 3.13's own
+        # report on creating a subinterpreter while others run (gh-129817).
+        sc_options=$(for opt in $tsan_options; do case $opt in suppressions=*) ;; *) echo "$opt" ;; esac; done)
+        sc_options="$(echo $sc_options) suppressions=$root/stress/tsan-suppressions.txt"
+        cfg+=(-DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo
+              "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-fsanitize=thread -g -O1 -fno-omit-frame-pointer"
+              -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread
+              "-DPYPERSISTENT_SHARED_CONFIG_TEST_ENV=TSAN_OPTIONS=$sc_options")
+    else
+        cfg+=(-DCMAKE_BUILD_TYPE=Release)
+    fi
+    step "shared_config host on $py ($flavour): build and run"
+    "${env[@]}" cmake "${cfg[@]}" >"$dir.configure.log" 2>&1 || { cat "$dir.configure.log"; die "configure failed"; }
+    grep "shared_config host:" "$dir.configure.log" || true
+    "${env[@]}" cmake --build "$dir" -j "$jobs"
+    run_ctest "$dir" "$dir.test.log" || die "shared_config host on $py ($flavour) failed"
 done
 
 step "all host examples passed in $((SECONDS - started))s"

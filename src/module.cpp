@@ -149,6 +149,14 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     m.attr("_C_API") = py::reinterpret_steal<py::object>(
         PyCapsule_New(&state->api, "pypersistent._pypersistent._C_API", nullptr));
 
+    // The process-wide registry of SharedAtom's named cells, for C++ hosts that share cells with
+    // Python (python_bridge.hpp: import_shared_registry). Every interpreter's module exports the
+    // same registry; the export itself is static, as the registry is.
+    static const shared_registry_export shared_registry =
+        make_shared_registry_export(&pypersistent::shared_cell_registry::instance());
+    m.attr("_shared_registry") = py::reinterpret_steal<py::object>(PyCapsule_New(
+        const_cast<shared_registry_export*>(&shared_registry), "pypersistent._pypersistent._shared_registry", nullptr));
+
     // The census learns from gc.callbacks when a collection runs (gc_census.cpp). The callback
     // holds the capsule, so the state lives as long as the gc module keeps the callback.
     py::object census = py::reinterpret_steal<py::object>(PyCFunction_New(&census_callback_def, capsule.ptr()));

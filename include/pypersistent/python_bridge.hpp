@@ -348,6 +348,49 @@ inline object_map atom_snapshot(const c_api* api, PyObject* atom) {
     return object_map::adopt(root, size);
 }
 
+// ---- the extension's named shared cells, for hosts ---------------------------------------------
+
+// SharedAtom(name) opens cells of the extension module's shared_cell_registry. The extension is
+// built with hidden visibility, so in a host program shared_cell_registry::instance() is another
+// registry, whose cells Python never sees. A host that shares named cells with Python uses the
+// extension's registry instead: import_shared_registry() returns it (one per process, the same
+// from every interpreter). Its handles, maps and values are plain C++ (no PyObject*): once
+// obtained they need no thread state and may be used from any thread, before and after the
+// interpreters come and go. Host and extension must be built from the same headers; the
+// capsule carries the sizes of the shared types so that a mismatch is refused.
+struct shared_registry_export {
+    unsigned version;  // shared_registry_export_version
+    unsigned value_bytes, map_bytes, registry_bytes, node_header_bytes;
+    pypersistent::shared_cell_registry* registry;
+};
+constexpr unsigned shared_registry_export_version = 1;
+
+inline shared_registry_export make_shared_registry_export(pypersistent::shared_cell_registry* registry) noexcept {
+    return {shared_registry_export_version,
+            static_cast<unsigned>(sizeof(pypersistent::neutral_value)),
+            static_cast<unsigned>(sizeof(pypersistent::shared_map)),
+            static_cast<unsigned>(sizeof(pypersistent::shared_cell_registry)),
+            static_cast<unsigned>(pypersistent::shared_map::trie::header_bytes),
+            registry};
+}
+
+// The extension's registry (imports pypersistent._pypersistent in the current interpreter:
+// needs an attached thread state). nullptr with an exception set.
+inline pypersistent::shared_cell_registry* import_shared_registry() {
+    auto* exported = static_cast<const shared_registry_export*>(
+        PyCapsule_Import("pypersistent._pypersistent._shared_registry", 0));
+    if (!exported) return nullptr;
+    const shared_registry_export expected = make_shared_registry_export(nullptr);
+    if (exported->version != expected.version || exported->value_bytes != expected.value_bytes ||
+        exported->map_bytes != expected.map_bytes || exported->registry_bytes != expected.registry_bytes ||
+        exported->node_header_bytes != expected.node_header_bytes) {
+        PyErr_SetString(PyExc_ImportError,
+                        "pypersistent: the extension module was built from a different version of the headers");
+        return nullptr;
+    }
+    return exported->registry;
+}
+
 inline PyThreadState* current_thread_state() noexcept {
 #if PY_VERSION_HEX >= 0x030D0000
     return PyThreadState_GetUnchecked();

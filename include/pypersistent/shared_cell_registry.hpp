@@ -31,6 +31,9 @@
 // PYPERSISTENT_SHARED_REGISTRY_EXTERNAL in every translation unit and define
 // pypersistent::shared_registry_instance() once, exported, in the DSO that owns it. (Both sides
 // must also be built from the same version of these headers: the values' layout is shared.)
+// The Python extension hides its symbols, so a host that embeds Python and shares cells with
+// SharedAtom uses the extension's registry instead: python::import_shared_registry()
+// (python_bridge.hpp; examples/shared_config).
 //
 // The singleton is allocated once and never destroyed, so handles released during static
 // destruction or interpreter finalization never find a destroyed registry.
