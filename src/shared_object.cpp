@@ -308,6 +308,105 @@ conv with_lookup_key(PyObject* key, F&& f) {
     return r;
 }
 
+// ---- the lookup fast path ------------------------------------------------------------------
+
+// The UTF-8 of a str without a call when CPython already holds it: a compact ASCII str's
+// characters are its UTF-8. Otherwise str_utf8 (CPython caches a str's UTF-8 in the object, so
+// a key looked up again does not encode again).
+bool str_utf8_fast(PyObject* o, std::string_view* utf8, PyObject** holder) {
+    if (PyUnicode_IS_COMPACT_ASCII(o)) {
+        *holder = nullptr;
+        *utf8 = std::string_view(static_cast<const char*>(PyUnicode_DATA(o)),
+                                 static_cast<std::size_t>(PyUnicode_GET_LENGTH(o)));
+        return true;
+    }
+    const char* data;
+    Py_ssize_t size;
+    if (!str_utf8(o, &data, &size, holder)) return false;
+    *utf8 = std::string_view(data, static_cast<std::size_t>(size));
+    return true;
+}
+
+// a[0..n) == b[0..n) for the short keys of most lookups without a call into libc's memcmp:
+// loads that overlap rather than a loop, and never past either end.
+inline bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
+    auto load8 = [](const char* p) {
+        std::uint64_t v;
+        std::memcpy(&v, p, 8);
+        return v;
+    };
+    auto load4 = [](const char* p) {
+        std::uint32_t v;
+        std::memcpy(&v, p, 4);
+        return v;
+    };
+    if (n >= 8) {
+        if (n > 16) return std::memcmp(a, b, n) == 0;
+        return load8(a) == load8(b) && load8(a + n - 8) == load8(b + n - 8);
+    }
+    if (n >= 4) return load4(a) == load4(b) && load4(a + n - 4) == load4(b + n - 4);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (a[i] != b[i]) return false;
+    }
+    return true;
+}
+
+// The value of an int that fits in 64 bits; false (no error set) if it does not. 3.12+ reads a
+// one-digit int inline; PyLong_AsLongLongAndOverflow is a call that checks the type again.
+bool int64_of(PyObject* o, std::int64_t* out) {
+#if PY_VERSION_HEX >= 0x030C0000
+    auto* as_long = reinterpret_cast<PyLongObject*>(o);
+    if (PyUnstable_Long_IsCompact(as_long)) {
+        *out = static_cast<std::int64_t>(PyUnstable_Long_CompactValue(as_long));
+        return true;
+    }
+#endif
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);  // cannot fail on an exact int
+    *out = static_cast<std::int64_t>(v);
+    return overflow == 0;
+}
+
+// The value stored under key in map, or nullptr (absent, or a hashable key of a type a
+// SharedMap never holds). Returns conv::error with an error set (an unhashable key).
+//
+// Exact str and int keys, nearly every lookup, skip building a neutral key: a str is hashed
+// and compared where CPython keeps its UTF-8 (no copy into a probe, no generic equality), an
+// int by its 64-bit value (a stored key of another numeric kind, 1.0 or True for 1, is compared
+// by the general rules). Everything else goes through with_lookup_key. will_read_value: the
+// caller converts the value found, so a str key's entry prefetches the value's block before
+// its own key block is read (two cache misses at once in a large map, not one after the other).
+conv find_value(const shared_map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
+    *found = nullptr;
+    if (PyUnicode_CheckExact(key)) {
+        std::string_view utf8;
+        PyObject* holder;
+        if (!str_utf8_fast(key, &utf8, &holder)) return conv::error;
+        const hash_t hash = neutral_value::str_hash_of(utf8);
+        const auto* e = map.find_entry_matching(hash, [&](const shared_map::value_type& entry) {
+            if (will_read_value) entry.second.prefetch();
+            const neutral_value& k = entry.first;
+            if (!k.is_str() || k.str_hash() != hash) return false;
+            const std::string_view stored = k.str_view();
+            return stored.size() == utf8.size() && same_bytes(stored.data(), utf8.data(), utf8.size());
+        });
+        Py_XDECREF(holder);
+        if (e) *found = &e->second;
+        return conv::ok;
+    }
+    std::int64_t i;
+    if (PyLong_CheckExact(key) && int64_of(key, &i)) {
+        const neutral_value probe(i);  // inline: no allocation
+        const auto* e = map.find_entry_matching(probe.hash(), [&](const shared_map::value_type& entry) {
+            const neutral_value& k = entry.first;
+            return k.is_small_int() ? k.as_int64() == i : k == probe;
+        });
+        if (e) *found = &e->second;
+        return conv::ok;
+    }
+    return with_lookup_key(key, [&](const neutral_value& k) { *found = map.find(k); });
+}
+
 // ---- neutral -> Python -------------------------------------------------------------------
 
 PyObject* to_python(const neutral_value& v, module_state* state) {
@@ -509,12 +608,13 @@ PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
     PyObject* result = nullptr;
     bool failed = false;
     *status = guard<conv>(conv::error, [&] {
-        return with_lookup_key(key, [&](const neutral_value& k) {
-            if (const neutral_value* v = m->map.find(k)) {
-                result = to_python(*v, m->state);
-                failed = result == nullptr;
-            }
-        });
+        const neutral_value* v;
+        const conv r = find_value(m->map, key, &v, true);
+        if (v) {
+            result = to_python(*v, m->state);
+            failed = result == nullptr;
+        }
+        return r;
     });
     if (failed) *status = conv::error;
     return result;
@@ -532,7 +632,10 @@ int shared_contains(PyObject* self, PyObject* key) {
     SharedMapObject* m = as_shared(self);
     bool found = false;
     const conv r = guard<conv>(conv::error, [&] {
-        return with_lookup_key(key, [&](const neutral_value& k) { found = m->map.find(k) != nullptr; });
+        const neutral_value* v;
+        const conv r = find_value(m->map, key, &v, false);
+        found = v != nullptr;
+        return r;
     });
     if (r == conv::error) return -1;
     return found ? 1 : 0;

@@ -166,6 +166,33 @@ def test_strings():
         assert SharedMap({long: 1})[long] == 1
 
 
+def test_str_and_int_lookups_find_exactly_the_equal_keys():
+    # Exact str and int keys are looked up without building a neutral key (find_value in
+    # src/shared_object.cpp): a str's UTF-8 is hashed and compared where CPython keeps it, in
+    # loads of 4, 8 and 16 bytes; an int by its 64-bit value, other numeric kinds by the usual
+    # rules. Lengths around those loads, keys differing in one byte anywhere, non-ASCII strs,
+    # and ints stored as floats or bools must all be found exactly as by dict.
+    texts = ["x" * n for n in range(41)] + ["é" * n for n in range(1, 12)] + ["日本", "\ud800abc", "a\x00b"]
+    m = SharedMap({t: i for i, t in enumerate(texts)})
+    for i, t in enumerate(texts):
+        equal_copy = "".join(list(t))  # equal, but another object
+        assert m[t] == i and m[equal_copy] == i and t in m and m.get(t) == i
+        for at in range(len(t)):
+            changed = t[:at] + ("y" if t[at] != "y" else "z") + t[at + 1 :]
+            assert changed not in m and m.get(changed) is None
+        assert b"x" * len(t) not in m  # bytes never equal str
+    ints = [0, 1, -1, -2, 2**30 - 1, 2**30, -(2**30), 2**31, 2**62, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1]
+    m = SharedMap({k: str(k) for k in ints})
+    for k in ints:
+        assert m[k] == str(k) and k in m
+        assert float(k) != k or m[float(k)] == str(k)  # 2**63 - 1 is no float
+        assert k + 3 not in m or k + 3 in ints
+    assert SharedMap({1.0: "float"})[1] == "float" and SharedMap({True: "bool"})[1] == "bool"
+    assert SharedMap({0.0: "zero"})[0] == "zero" and SharedMap({-0.0: "zero"})[False] == "zero"
+    assert 1 not in SharedMap({1.5: "x"}) and 1 not in SharedMap({"1": "x"}) and 1 not in SharedMap({(1,): "x"})
+    assert SharedMap({2**63: "big"})[2.0**63] == "big" and 2**63 + 1 not in SharedMap({2.0**63: "f"})
+
+
 def test_bytes_and_str_are_distinct():
     m = SharedMap({"a": 1, b"a": 2})
     assert len(m) == 2 and m["a"] == 1 and m[b"a"] == 2

@@ -541,6 +541,39 @@ struct champ {
         return entry_matches(e, hash, key) ? &e : nullptr;
     }
 
+    // find() by a predicate on entries instead of a K: the entry on hash's path for which
+    // entry_is_key(entry) is true. `hash` must be what Hash gives for every key the predicate
+    // accepts. For bindings that search with a foreign form of a key (a Python str's UTF-8)
+    // without building a K, and that may prefetch the value while testing the key.
+    template <class EntryIsKey>
+    static const entry_type* find_matching(const node* root, node_maps root_maps, hash_t hash,
+                                           EntryIsKey&& entry_is_key) {
+        const std::uint32_t root_bit = std::uint32_t(1) << fragment(hash, 0);
+        if (!(root_maps.nodemap & root_bit)) {
+            if (!(root_maps.datamap & root_bit)) return nullptr;
+            const entry_type& e =
+                entries_after(root, popcount(root_maps.nodemap))[slot_index(root_maps.datamap, root_bit)];
+            return entry_is_key(e) ? &e : nullptr;
+        }
+        const node* n = children(root)[slot_index(root_maps.nodemap, root_bit)];
+        for (unsigned shift = bits_per_level; shift < hash_bits; shift += bits_per_level) {
+            const std::uint32_t bit = std::uint32_t(1) << fragment(hash, shift);
+            if (n->nodemap & bit) {
+                n = children(n)[slot_index(n->nodemap, bit)];
+                continue;
+            }
+            if (!(n->datamap & bit)) return nullptr;
+            const entry_type& e = entries(n)[slot_index(n->datamap, bit)];
+            return entry_is_key(e) ? &e : nullptr;
+        }
+        assert(n->collision);
+        const entry_type* es = entries(n);
+        for (unsigned i = 0, c = n->datamap; i < c; ++i) {
+            if (entry_is_key(es[i])) return es + i;
+        }
+        return nullptr;
+    }
+
     // ---- insert or assign ---------------------------------------------------------------
     //
     // Returns the node that takes n's place: n itself when nothing changed or n was edited in

@@ -211,6 +211,20 @@ inline std::uint64_t mix64(std::uint64_t x) noexcept {
 
 inline std::uint64_t rotl(std::uint64_t x, unsigned r) noexcept { return (x << r) | (x >> (64 - r)); }
 
+inline std::uint64_t le_u32(const unsigned char* p) noexcept {
+    return std::uint64_t(p[0]) | std::uint64_t(p[1]) << 8 | std::uint64_t(p[2]) << 16 | std::uint64_t(p[3]) << 24;
+}
+
+// The n < 8 bytes at p as a little-endian number (byte i at bits 8i..8i+7), zero-extended. Two
+// overlapping 4-byte loads (or three single bytes) instead of a loop of n: the str keys of a
+// lookup are short, and this tail is a large part of hashing them. Overlapping bytes land on
+// the same bits, so the result is the plain loop's.
+inline std::uint64_t le_tail(const unsigned char* p, std::size_t n) noexcept {
+    if (n >= 4) return le_u32(p) | le_u32(p + n - 4) << (8 * (n - 4));
+    if (n == 0) return 0;
+    return std::uint64_t(p[0]) | std::uint64_t(p[n / 2]) << (8 * (n / 2)) | std::uint64_t(p[n - 1]) << (8 * (n - 1));
+}
+
 // A fixed-seed 64-bit hash of a byte string (8 bytes per step, multiply-rotate, full avalanche at
 // the end). Fixed rather than per-process random: every shared object that includes this header
 // must hash alike, or a map built in one could not be searched from another.
@@ -229,9 +243,7 @@ inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint
         p += 8;
         n -= 8;
     }
-    std::uint64_t tail = 0;
-    for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(p[i]) << (8 * i);
-    h ^= rotl(tail * k1, 31) * k2;
+    h ^= rotl(le_tail(p, n) * k1, 31) * k2;
     return mix64(h);
 }
 
@@ -504,6 +516,22 @@ public:
 
     // str: UTF-8 bytes (NUL-terminated at data()[size()]), length in code points, max code point.
     std::string_view str_view() const noexcept { return {text()->data(), text()->size}; }
+    // Asks the CPU to start loading this value's heap block (nothing for inline kinds): a lookup
+    // that will convert the value it finds starts that cache miss while it compares the key,
+    // whose block is another miss, instead of after.
+    void prefetch() const noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+        if (is_heap()) __builtin_prefetch(u_.p);
+#endif
+    }
+    // A str's hash() (cached at construction), without hash()'s dispatch on the kind.
+    hash_t str_hash() const noexcept { return text()->hash; }
+    // The hash() of the str whose UTF-8 is utf8, without building one: a binding's lookups hash
+    // a Python str's UTF-8 where it lies (persistent_map::find_entry_matching).
+    static hash_t str_hash_of(std::string_view utf8) noexcept {
+        return neutral_detail::hash_bytes(reinterpret_cast<const unsigned char*>(utf8.data()), utf8.size(),
+                                          neutral_detail::str_seed);
+    }
     std::size_t str_length() const noexcept { return text()->length; }
     std::uint32_t str_max_char() const noexcept { return text()->max_char; }
     bool str_is_ascii() const noexcept { return text()->max_char < 0x80; }

@@ -216,6 +216,40 @@ TEST_F(Neutral, Strings) {
     expect_same_key(empty, nv(std::string()));
 }
 
+// The str hash a binding computes from a Python str's UTF-8 in place (str_hash_of) is the hash
+// of the built value, for every tail length of the hash's 8-byte steps; and the tail's
+// overlapping loads give the byte-at-a-time loop's result (hashes are fixed across builds).
+TEST_F(Neutral, StrHashOfMatchesBuiltStrsAndTheBytewiseTail) {
+    using namespace pypersistent::neutral_detail;
+    auto bytewise_hash = [](const unsigned char* p, std::size_t n, std::uint64_t seed) {
+        constexpr std::uint64_t k1 = 0x87C37B91114253D5ull, k2 = 0x4CF5AD432745937Full;
+        std::uint64_t h = seed ^ (static_cast<std::uint64_t>(n) * 0x9E3779B97F4A7C15ull);
+        for (; n >= 8; p += 8, n -= 8) {
+            std::uint64_t k = 0;
+            for (int i = 0; i < 8; ++i) k |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+            h ^= rotl(k * k1, 31) * k2;
+            h = rotl(h, 27) * 5 + 0x52DCE729;
+        }
+        std::uint64_t tail = 0;
+        for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+        h ^= rotl(tail * k1, 31) * k2;
+        return mix64(h);
+    };
+    std::string s;
+    for (std::size_t n = 0; n <= 40; ++n) {
+        const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+        EXPECT_EQ(nv::str_hash_of(s), nv(s).hash()) << n;
+        EXPECT_EQ(nv(s).str_hash(), nv(s).hash()) << n;
+        EXPECT_EQ(hash_bytes(p, n, str_seed), bytewise_hash(p, n, str_seed)) << n;
+        s.push_back(static_cast<char>('a' + (n * 7) % 26));
+    }
+    const std::string high = "\xff\x80\xfe\x01\x7f";  // bytes with the top bit set, in the tail
+    for (std::size_t n = 0; n <= high.size(); ++n) {
+        const auto* p = reinterpret_cast<const unsigned char*>(high.data());
+        EXPECT_EQ(hash_bytes(p, n, bytes_seed), bytewise_hash(p, n, bytes_seed)) << n;
+    }
+}
+
 TEST_F(Neutral, BytesAreNotStr) {
     const nv b = nv::bytes("abc");
     EXPECT_TRUE(b.is_bytes());

@@ -813,6 +813,30 @@ TEST(PersistentMap, FindHashedAndSetHashed) {
     EXPECT_TRUE(well_formed(m));
 }
 
+// find_entry_matching (a lookup by a predicate, for bindings) finds what find finds: at the root,
+// deep in the trie, and in collision nodes (const_hash puts every key in one), and nothing for
+// absent keys or a predicate that accepts no entry.
+TEST(PersistentMap, FindEntryMatchingAgreesWithFind) {
+    mmap m;
+    for (int k = 0; k < 5000; ++k) m = m.set(k, -k);
+    EXPECT_EQ(mmap().find_entry_matching(mix_hash{}(1), [](const mmap::value_type&) { return true; }), nullptr);
+    for (int k = -50; k < 5050; ++k) {
+        const auto* e = m.find_entry_matching(mix_hash{}(k), [k](const mmap::value_type& entry) { return entry.first == k; });
+        const int* v = m.find(k);
+        ASSERT_EQ(e == nullptr, v == nullptr) << k;
+        if (e) EXPECT_EQ(&e->second, v);
+        EXPECT_EQ(m.find_entry_matching(mix_hash{}(k), [](const mmap::value_type&) { return false; }), nullptr);
+    }
+    using cmap = int_map<const_hash>;
+    cmap colliding;
+    for (int k = 1; k <= 40; ++k) colliding = colliding.set(k, 2 * k);
+    for (int k = 0; k <= 41; ++k) {
+        const auto* e = colliding.find_entry_matching(const_hash{}(k), [k](const cmap::value_type& entry) { return entry.first == k; });
+        ASSERT_EQ(e != nullptr, k >= 1 && k <= 40) << k;
+        if (e) EXPECT_EQ(e->second, 2 * k);
+    }
+}
+
 TEST(PersistentMap, ReleaseRootAndAdopt) {
     mmap m{{1, 1}, {2, 2}};
     const mmap keep = m;
