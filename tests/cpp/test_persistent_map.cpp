@@ -824,7 +824,9 @@ TEST(PersistentMap, FindEntryMatchingAgreesWithFind) {
         const auto* e = m.find_entry_matching(mix_hash{}(k), [k](const mmap::value_type& entry) { return entry.first == k; });
         const int* v = m.find(k);
         ASSERT_EQ(e == nullptr, v == nullptr) << k;
-        if (e) EXPECT_EQ(&e->second, v);
+        if (e) {
+            EXPECT_EQ(&e->second, v);
+        }
         EXPECT_EQ(m.find_entry_matching(mix_hash{}(k), [](const mmap::value_type&) { return false; }), nullptr);
     }
     using cmap = int_map<const_hash>;
@@ -833,7 +835,9 @@ TEST(PersistentMap, FindEntryMatchingAgreesWithFind) {
     for (int k = 0; k <= 41; ++k) {
         const auto* e = colliding.find_entry_matching(const_hash{}(k), [k](const cmap::value_type& entry) { return entry.first == k; });
         ASSERT_EQ(e != nullptr, k >= 1 && k <= 40) << k;
-        if (e) EXPECT_EQ(e->second, 2 * k);
+        if (e) {
+            EXPECT_EQ(e->second, 2 * k);
+        }
     }
 }
 
