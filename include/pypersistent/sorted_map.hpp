@@ -343,6 +343,8 @@ struct sorted_btree {
     // ---- searching (the only place Compare is called) -----------------------------------
 
     static bool less(const K& a, const K& b) { return static_cast<bool>(Compare{}(a, b)); }
+    static bool identical_key(const K& a, const K& b) noexcept { return Policy::identical_key(a, b); }
+    static bool same_value(const V& a, const V& b) { return Policy::same_value(a, b); }
 
     // The child of inner node `n` whose keys `key` belongs with: the number of separators <= key.
     static unsigned child_index(const node* n, const K& key) {
@@ -734,6 +736,58 @@ public:
         return !x.current_ && !y.current_;
     }
 
+    // What changed from tree a to tree b, by one merge walk over both in key order: v.removed(e)
+    // for each entry of a whose key b lacks, v.added(e) for each entry of b whose key a lacks,
+    // v.changed(ea, eb) for each key in both whose values are neither the same (same_value) nor
+    // equal (value_eq). Whenever both walks stand at the start of one same node (a subtree the
+    // two versions share), they step over it whole, without a comparison: after k updates, two
+    // versions share everything but k root-to-leaf paths, and the walks fall back into step at
+    // the end of every changed node, so the cost is about k * width * height steps and k * 2 *
+    // width comparisons, whatever the size. Trees of different heights are fine (a shared node is
+    // at the same level, counted from the leaves, in both); unrelated trees cost a plain merge.
+    // Read-only: Compare, value_eq and the visitor may throw; nothing needs undoing.
+    template <class ValueEqual, class Visitor>
+    static void diff(const node* ra, unsigned ha, const node* rb, unsigned hb, ValueEqual& value_eq, Visitor& v) {
+        if (ra == rb) return;
+        sorted_map_iterator x = first_of(ra, ha);
+        sorted_map_iterator y = first_of(rb, hb);
+        const unsigned top = ha < hb ? ha : hb;
+        while (x.current_ && y.current_) {
+            if (x.current_ == Tree::entries(x.path_[0]) && y.current_ == Tree::entries(y.path_[0])) {
+                // At the start of a leaf in both: the largest subtree starting here in both.
+                int shared = -1;
+                for (unsigned l = 0; l <= top; ++l) {
+                    if (l > 0 && (x.idx_[l] != 0 || y.idx_[l] != 0)) break;
+                    if (x.path_[l] == y.path_[l]) shared = static_cast<int>(l);
+                }
+                if (shared >= 0) {
+                    x.next_from(static_cast<unsigned>(shared) + 1);
+                    y.next_from(static_cast<unsigned>(shared) + 1);
+                    continue;
+                }
+            }
+            const value_type& a = *x.current_;
+            const value_type& b = *y.current_;
+            if (&a != &b && !Tree::identical_key(a.first, b.first)) {
+                if (Tree::less(a.first, b.first)) {
+                    v.removed(a);
+                    ++x;
+                    continue;
+                }
+                if (Tree::less(b.first, a.first)) {
+                    v.added(b);
+                    ++y;
+                    continue;
+                }
+            }
+            if (&a != &b && !Tree::same_value(a.second, b.second) && !value_eq(a.second, b.second)) v.changed(a, b);
+            ++x;
+            ++y;
+        }
+        for (; x.current_; ++x) v.removed(*x.current_);
+        for (; y.current_; ++y) v.added(*y.current_);
+    }
+
 private:
     void set_leaf(const node* leaf, unsigned pos) noexcept {
         path_[0] = leaf;
@@ -942,6 +996,19 @@ public:
         return iterator::equal(t_.root, t_.height, o.t_.root, o.t_.height, eq);
     }
     bool operator==(const persistent_sorted_map& o) const { return equal(o); }
+
+    // What changed from this map to `newer`: visitor.removed(entry) for each key only this map
+    // has, visitor.added(entry) for each key only `newer` has, visitor.changed(old entry, new
+    // entry) for each key whose values are neither the same (Policy::same_value) nor equal
+    // (value_eq), all in key order. Entries have .first and .second. Subtrees the two maps share
+    // are skipped: versions that differ in k keys cost about k log n, whatever their size;
+    // unrelated maps cost one merge walk (O(n + m) comparisons). Keys are compared with Compare
+    // (a key the policy calls identical is the same key without asking). Read-only: whatever
+    // throws (Compare, value_eq, the visitor) leaves both maps as they were.
+    template <class Visitor, class ValueEqual = std::equal_to<V>>
+    void diff(const persistent_sorted_map& newer, Visitor&& visitor, ValueEqual value_eq = ValueEqual()) const {
+        iterator::diff(t_.root, t_.height, newer.t_.root, newer.t_.height, value_eq, visitor);
+    }
     bool operator!=(const persistent_sorted_map& o) const { return !equal(o); }
     // Whether both are the very same version, in O(1).
     bool identical(const persistent_sorted_map& o) const noexcept { return t_.root == o.t_.root; }

@@ -29,6 +29,9 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <cstdio>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -1024,6 +1027,249 @@ TEST(SortedMapThreads, SixteenThreadsShareAndDeriveVersions) {
     }
     EXPECT_EQ(atomic_tracking_policy::live_nodes.load(), 0);
     EXPECT_EQ(atomic_tracking_policy::net_retained.load(), 0);
+}
+
+// ---- diff ------------------------------------------------------------------------------------
+
+// What a diff reported, in the order reported.
+struct diff_log {
+    std::vector<std::pair<int, int>> added, removed;
+    std::vector<std::tuple<int, int, int>> changed;  // key, old value, new value
+    std::vector<int> order;                          // every key reported, in order
+    bool operator==(const diff_log& o) const {
+        return added == o.added && removed == o.removed && changed == o.changed;
+    }
+};
+
+template <class Id>
+struct diff_recorder {
+    diff_log& log;
+    Id id;
+    template <class E>
+    void added(const E& e) {
+        log.added.emplace_back(id(e.first), id(e.second));
+        log.order.push_back(id(e.first));
+    }
+    template <class E>
+    void removed(const E& e) {
+        log.removed.emplace_back(id(e.first), id(e.second));
+        log.order.push_back(id(e.first));
+    }
+    template <class E>
+    void changed(const E& a, const E& b) {
+        EXPECT_EQ(id(a.first), id(b.first));
+        log.changed.emplace_back(id(a.first), id(a.second), id(b.second));
+        log.order.push_back(id(a.first));
+    }
+};
+struct int_id {
+    int operator()(int k) const { return k; }
+};
+struct tkey_id {
+    int operator()(const tkey& k) const { return k.id; }
+};
+
+diff_log brute_force_diff(const model_t& a, const model_t& b) {
+    diff_log r;
+    for (const auto& [k, v] : a) {
+        auto it = b.find(k);
+        if (it == b.end()) r.removed.emplace_back(k, v);
+        else if (it->second != v) r.changed.emplace_back(k, v, it->second);
+    }
+    for (const auto& [k, v] : b) {
+        if (!a.count(k)) r.added.emplace_back(k, v);
+    }
+    return r;
+}
+
+template <class Map>
+::testing::AssertionResult diff_matches(const Map& a, const model_t& ma, const Map& b, const model_t& mb) {
+    diff_log got;
+    a.diff(b, diff_recorder<int_id>{got, {}});
+    const diff_log want = brute_force_diff(ma, mb);
+    if (!(got == want)) {
+        return ::testing::AssertionFailure() << "diff differs: added " << got.added.size() << "/" << want.added.size()
+                                             << ", removed " << got.removed.size() << "/" << want.removed.size()
+                                             << ", changed " << got.changed.size() << "/" << want.changed.size();
+    }
+    if (!std::is_sorted(got.order.begin(), got.order.end()) ||
+        std::adjacent_find(got.order.begin(), got.order.end()) != got.order.end()) {
+        return ::testing::AssertionFailure() << "not reported once each in key order";
+    }
+    return ::testing::AssertionSuccess();
+}
+
+// Random versions against a brute-force diff of their models: versions derived from each other
+// by random edits (persistent and transient, few and many: shared subtrees, other heights), and
+// versions built apart (other shapes, nothing shared), both ways round.
+TEST_F(SortedMapTest, DiffMatchesBruteForce) {
+    std::mt19937 rng(31);
+    for (int round = 0; round < 120; ++round) {
+        const int n = static_cast<int>(rng() % (round < 60 ? 80u : 20000u));
+        const int universe = std::max(16, n * 2);
+        model_t ma;
+        itransient ta;
+        for (int i = 0; i < n; ++i) {
+            const int k = static_cast<int>(rng() % static_cast<unsigned>(universe)), v = static_cast<int>(rng() % 4);
+            ta.set(k, v);
+            ma[k] = v;
+        }
+        const imap a = ta.persistent();
+        model_t mb = ma;
+        imap b = a;
+        const unsigned how = rng() % 5;
+        if (how < 3) {  // derived: a few edits, or many (other heights), persistently or not
+            const int edits = static_cast<int>(how == 0 ? rng() % 4 : how == 1 ? rng() % 40 : rng() % (3u * n + 50u));
+            itransient tb = a.transient();
+            const bool transient = rng() % 2;
+            for (int i = 0; i < edits; ++i) {
+                const int k = static_cast<int>(rng() % static_cast<unsigned>(universe + universe / 4));
+                if (rng() % 3 == 0) {
+                    if (transient) tb.erase(k); else b = b.erase(k);
+                    mb.erase(k);
+                } else {
+                    const int v = static_cast<int>(rng() % 4);
+                    if (transient) tb.set(k, v); else b = b.set(k, v);
+                    mb[k] = v;
+                }
+            }
+            if (transient) b = tb.persistent();
+        } else {  // built apart: the same entries in another order, or other entries
+            mb.clear();
+            const bool same = how == 3;
+            if (same) {
+                mb = ma;
+            } else {
+                for (int i = 0; i < n; ++i) {
+                    const int k = static_cast<int>(rng() % static_cast<unsigned>(universe));
+                    mb[k] = static_cast<int>(rng() % 4);
+                }
+            }
+            b = imap();
+            for (auto it = mb.rbegin(); it != mb.rend(); ++it) b = b.set(it->first, it->second);
+        }
+        ASSERT_TRUE(matches(b, mb));
+        ASSERT_TRUE(diff_matches(a, ma, b, mb)) << "round " << round << " how " << how;
+        ASSERT_TRUE(diff_matches(b, mb, a, ma)) << "round " << round << " how " << how;
+        ASSERT_TRUE(diff_matches(a, ma, a, ma));
+        ASSERT_TRUE(diff_matches(imap(), model_t(), b, mb));
+        ASSERT_TRUE(diff_matches(b, mb, imap(), model_t()));
+    }
+}
+
+// Key comparisons and value comparisons, counted.
+struct counting_less {
+    static inline long calls = 0;
+    bool operator()(int a, int b) const {
+        ++calls;
+        return a < b;
+    }
+};
+using counted_map = persistent_sorted_map<int, int, counting_less, tracking_policy>;
+
+// Two versions of a million entries that differ in k keys (changed, removed and added in
+// equal parts, spread over the key range) are diffed with O(k) comparisons: only the leaves on
+// the k changed paths are merged, everything else is skipped by pointer. The same edits on a
+// map 100 times smaller cost about as many comparisons; unrelated maps cost a full merge.
+TEST_F(SortedMapTest, DiffCostGrowsWithTheChangesNotTheSize) {
+    auto make = [](int n) {
+        counted_map::transient_type t;
+        for (int i = 0; i < n; ++i) t.set(2 * i, i);
+        return t.persistent();
+    };
+    auto edited = [](const counted_map& m, int n, int k) {
+        counted_map o = m;
+        for (int i = 0; i < k; ++i) o = o.set(2 * ((i * 7919 + 1) % n), -1);        // changed
+        for (int i = 0; i < k; ++i) o = o.erase(2 * ((i * 104729 + 5) % n));        // removed
+        for (int i = 0; i < k; ++i) o = o.set(2 * ((i * 15485863 + 3) % n) + 1, 1);  // added
+        return o;
+    };
+    auto cost = [](const counted_map& a, const counted_map& b, diff_log& log) {
+        counting_less::calls = 0;
+        counting_equal::calls = 0;
+        a.diff(b, diff_recorder<int_id>{log, {}}, counting_equal());
+        return counting_less::calls + counting_equal::calls;
+    };
+    const int big = 1000000, small = 10000;
+    const counted_map m = make(big);
+    ASSERT_GE(m.height(), 3u);
+    for (int k : {0, 1, 10}) {
+        const counted_map o = edited(m, big, k);
+        diff_log log;
+        const long c = cost(m, o, log);
+        EXPECT_EQ(log.added.size() + log.removed.size() + log.changed.size(), static_cast<std::size_t>(3 * k));
+        EXPECT_EQ(log.changed.size(), static_cast<std::size_t>(k));
+        // At most 3k changed leaves (a change may also redistribute with a neighbour: count 3
+        // leaves each), merged at <= 2 comparisons per entry of 2 leaves of <= 32 entries.
+        EXPECT_LE(c, 3L * k * 3 * 2 * 2 * 32) << k << " changes in " << big;
+        const counted_map ms = make(small);
+        diff_log small_log;
+        const long cs = cost(ms, edited(ms, small, k), small_log);
+        EXPECT_LE(c, 2 * cs + 200) << "a million entries cost about as much as ten thousand";
+        if (k == 10) {
+            std::printf("diff of 1M-entry versions differing in %d keys: %ld comparisons (10K entries: %ld)\n",
+                        3 * k, c, cs);
+        }
+    }
+    // Unrelated trees (the same entries built apart): a merge of every entry.
+    counted_map apart;
+    {
+        counted_map::transient_type t;
+        for (int i = small - 1; i >= 0; --i) t.set(2 * i, i);
+        apart = t.persistent();
+    }
+    const counted_map ms = make(small);
+    diff_log log;
+    const long c = cost(ms, apart, log);
+    EXPECT_TRUE(log.added.empty() && log.removed.empty() && log.changed.empty());
+    EXPECT_GE(c, small) << "built apart, nothing is shared";
+}
+
+// Compare (and copies: none happen) may throw at every point: nothing changes, nothing leaks,
+// and once it completes, the diff is right. A visitor that throws likewise.
+TEST_F(SortedMapExceptions, DiffWithAThrowingComparator) {
+    const std::map<int, int> ma = xmodel(0, 3000, 3);
+    const xmap a = xbuild(ma);
+    std::map<int, int> mb = ma;
+    xmap b = a;
+    for (int k : {0, 1, 300, 301, 1500, 2999, 4000}) {
+        b = b.set(tkey(k), value_for(k, 1));
+        mb[k] = value_for(k, 1).id;
+    }
+    for (int k : {3, 6, 9, 12, 1200, 1203}) {
+        b = b.erase(tkey(k));
+        mb.erase(k);
+    }
+    const diff_log want = brute_force_diff(model_t(ma.begin(), ma.end()), model_t(mb.begin(), mb.end()));
+    auto intact = [&] {
+        ASSERT_TRUE(holds(a, ma));
+        ASSERT_TRUE(holds(b, mb));
+    };
+    diff_log got;
+    struct value_equal {
+        bool operator()(const tkey& x, const tkey& y) const { return x.id == y.id; }
+    };
+    const long failures = sweep(
+        [&] {
+            got = diff_log();
+            a.diff(b, diff_recorder<tkey_id>{got, {}}, value_equal());
+        },
+        intact);
+    EXPECT_GT(failures, 50);
+    EXPECT_TRUE(got == want);
+    struct throwing_visitor {
+        int left;
+        void tick() {
+            if (--left == 0) throw std::runtime_error("visitor");
+        }
+        void added(const xmap::value_type&) { tick(); }
+        void removed(const xmap::value_type&) { tick(); }
+        void changed(const xmap::value_type&, const xmap::value_type&) { tick(); }
+    };
+    for (int n = 1; n <= 5; ++n) {
+        EXPECT_THROW(a.diff(b, throwing_visitor{n}, value_equal()), std::runtime_error);
+        intact();
+    }
 }
 
 }  // namespace
