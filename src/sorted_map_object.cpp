@@ -8,6 +8,7 @@
 // miss them), never corrupt a version or crash (see "Hostile comparators" in sorted_map.hpp).
 #include <new>
 #include <utility>
+#include <vector>
 
 #include "bindings.hpp"
 #include "fill_support.hpp"
@@ -210,11 +211,10 @@ PyObject* sorted_from_dict(PyObject* cls, PyObject* source) {
 PyObject* range_map(PyObject* self, PyObject* lo, PyObject* hi) {
     SortedObject* m = as_sorted(self);
     return guarded([&]() -> PyObject* {
-        const auto r = m->map.range(lo ? &lo : nullptr, hi ? &hi : nullptr);
-        if (r.begin() == m->map.begin() && r.end() == m->map.end()) return Py_NewRef(self);
-        object_sorted_transient t;
-        for (const auto& e : r) t.set(e.first, e.second);
-        return new_sorted(Py_TYPE(self), m->state, t.persistent());
+        // Built from the range in O(log n + m), without comparing the entries.
+        object_sorted_map sub = m->map.subseq(lo ? &lo : nullptr, hi ? &hi : nullptr);
+        if (sub.identical(m->map)) return Py_NewRef(self);
+        return new_sorted(Py_TYPE(self), m->state, std::move(sub));
     });
 }
 
@@ -576,23 +576,26 @@ PyObject* sorted_irange(PyObject* self, PyObject* args, PyObject* kwargs) {
     });
 }
 
-// Collects a core diff into three transients; changed maps a key to (old value, new value).
+// Collects a core diff: the entries come in key order, so each part is built at the end in
+// O(k) by from_sorted, without comparing keys again. The maps diffed are alive for the whole
+// call, so their entries are borrowed; the (old value, new value) pairs of `changed` are owned.
 struct diff_collector {
-    object_sorted_transient& added_map;
-    object_sorted_transient& removed_map;
-    object_sorted_transient& changed_map;
-    void added(const object_sorted_map::value_type& e) { added_map.set(e.first, e.second); }
-    void removed(const object_sorted_map::value_type& e) { removed_map.set(e.first, e.second); }
-    void changed(const object_sorted_map::value_type& a, const object_sorted_map::value_type& b) {
+    std::vector<sorted_entry> added_entries, removed_entries, changed_entries;
+    diff_collector() = default;
+    diff_collector(const diff_collector&) = delete;
+    diff_collector& operator=(const diff_collector&) = delete;
+    ~diff_collector() {
+        for (auto& e : changed_entries) Py_DECREF(e.second);
+    }
+    void added(const sorted_entry& e) { added_entries.push_back(e); }
+    void removed(const sorted_entry& e) { removed_entries.push_back(e); }
+    void changed(const sorted_entry& a, const sorted_entry& b) {
+        if (changed_entries.size() == changed_entries.capacity()) {  // so that emplace_back cannot throw
+            changed_entries.reserve(2 * changed_entries.size() + 8);
+        }
         PyObject* pair = PyTuple_Pack(2, a.second, b.second);
         if (!pair) throw python_error{};
-        try {
-            changed_map.set(a.first, pair);
-        } catch (...) {
-            Py_DECREF(pair);
-            throw;
-        }
-        Py_DECREF(pair);
+        changed_entries.emplace_back(a.first, pair);
     }
 };
 
@@ -609,15 +612,23 @@ PyObject* sorted_diff(PyObject* self, PyObject* other) {
     return guarded([&]() -> PyObject* {
         const object_sorted_map& a = as_sorted(self)->map;
         const object_sorted_map& b = as_sorted(other)->map;
-        object_sorted_transient added, removed, changed;
-        // Entries come in key order; the maps are immutable and held by this call, so the
-        // Python code the walk runs (`<`, `==`) cannot change the nodes it stands on.
-        a.diff(b, diff_collector{added, removed, changed}, object_equal());
+        // The maps are immutable and held by this call, so the Python code the walk runs (`<`,
+        // `==`) cannot change the nodes it stands on.
+        diff_collector found;
+        a.diff(b, found, object_equal());
         PyObject* result = PyStructSequence_New(state->map_diff_type);
         if (!result) return nullptr;
-        object_sorted_transient* parts[] = {&added, &removed, &changed};
+        const std::vector<sorted_entry>* parts[] = {&found.added_entries, &found.removed_entries,
+                                                     &found.changed_entries};
         for (Py_ssize_t i = 0; i < 3; ++i) {
-            PyObject* part = new_sorted(state->sorted_map_type, state, parts[i]->persistent());
+            PyObject* part = nullptr;
+            try {
+                part = new_sorted(state->sorted_map_type, state,
+                                  object_sorted_map::from_sorted(parts[i]->begin(), parts[i]->end()));
+            } catch (...) {
+                Py_DECREF(result);
+                throw;
+            }
             if (!part) {
                 Py_DECREF(result);
                 return nullptr;

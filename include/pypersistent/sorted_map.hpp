@@ -67,6 +67,7 @@
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "policy.hpp"
 
@@ -338,6 +339,71 @@ struct sorted_btree {
         if (sub.b.n) items[n++] = inner_item{sub.b.n, &leftmost_key(sub.b.n, height - 1), &sub.b};
         for (unsigned j = to, c = p->count; j < c; ++j) items[n++] = inner_item{cs[j], &ks[j - 1], nullptr};
         build_inners(height, items, n, owner, out);
+    }
+
+    // ---- bulk building ------------------------------------------------------------------
+
+    // The nodes of one level of a bulk build; whatever is still held is released on failure.
+    struct level_nodes {
+        std::vector<node*> nodes;
+        unsigned height = 0;
+        level_nodes() = default;
+        level_nodes(const level_nodes&) = delete;
+        level_nodes& operator=(const level_nodes&) = delete;
+        ~level_nodes() {
+            for (node* n : nodes) release(n, height);
+        }
+    };
+
+    // A tree of the `count` entries read in order from `first` (each with .first and .second),
+    // whose keys are taken to ascend: nothing is compared. Bottom-up, level by level, the
+    // entries (then the children) spread evenly over as few nodes as hold them, so every node
+    // but the root holds 16..32 slots: O(count) copies, no comparison. Strong guarantee: a copy
+    // or allocation that throws releases everything built so far.
+    template <class It>
+    static tree build_sorted(It first, size_type count, owner_t owner) {
+        tree out;
+        if (count == 0) return out;
+        level_nodes level;
+        {
+            const size_type leaves = (count + max_slots - 1) / max_slots;
+            level.nodes.reserve(leaves);
+            const size_type base = count / leaves, extra = count % leaves;
+            for (size_type i = 0; i < leaves; ++i) {
+                const unsigned c = static_cast<unsigned>(base + (i < extra ? 1 : 0));
+                builder b(capacity_for(c, owner), 0, owner);
+                for (unsigned j = 0; j < c; ++j, ++first) b.add_entry(first->first, first->second);
+                level.nodes.push_back(b.finish());  // reserved: cannot throw
+            }
+        }
+        unsigned h = 0;
+        while (level.nodes.size() > 1) {
+            if (h + 1 > max_height) throw std::length_error("pypersistent::sorted_map: tree too deep");
+            const size_type c = level.nodes.size();
+            const size_type parents = (c + max_slots - 1) / max_slots;
+            level_nodes up;
+            up.height = h + 1;
+            up.nodes.reserve(parents);
+            const size_type base = c / parents, extra = c % parents;
+            size_type next = 0;
+            for (size_type i = 0; i < parents; ++i) {
+                const unsigned k = static_cast<unsigned>(base + (i < extra ? 1 : 0));
+                builder b(capacity_for(k, owner), h + 1, owner);
+                for (unsigned j = 0; j < k; ++j, ++next) {
+                    node_guard child(level.nodes[next], h);  // the level's reference, handed to b
+                    level.nodes[next] = nullptr;
+                    b.add_child(&leftmost_key(child.n, h), child.n, &child);
+                }
+                up.nodes.push_back(b.finish());
+            }
+            level.nodes.swap(up.nodes);  // `up` keeps the emptied level's slots: all null
+            level.height = ++h;
+        }
+        out.root = level.nodes[0];
+        level.nodes.clear();
+        out.height = h;
+        out.size = count;
+        return out;
     }
 
     // ---- searching (the only place Compare is called) -----------------------------------
@@ -1015,12 +1081,50 @@ public:
 
     transient_type transient() const { return transient_type(*this); }
 
-    // Builds through a transient; later duplicates win, like repeated assignment.
+    // Builds from entries in any order; later duplicates win, like repeated assignment. Input
+    // that can be read twice (forward iterators) and already ascends strictly (checked: n - 1
+    // comparisons, stopping at the first pair out of order) is built in O(n) by from_sorted;
+    // anything else through a transient, O(n log n).
     template <class InputIt>
     static persistent_sorted_map from_range(InputIt first, InputIt last) {
+        using category = typename std::iterator_traits<InputIt>::iterator_category;
+        if constexpr (std::is_base_of<std::forward_iterator_tag, category>::value) {
+            size_type count = 0;
+            bool ascending = true;
+            for (InputIt prev = first, it = first; it != last; prev = it, ++it, ++count) {
+                if (count > 0 && !tree_type::less(prev->first, it->first)) {
+                    ascending = false;
+                    break;
+                }
+            }
+            if (ascending) return from_sorted_n(first, count);
+        }
         transient_type t;
         for (; first != last; ++first) t.set(first->first, first->second);
         return t.persistent();
+    }
+
+    // A map of the `count` entries read in order from `first` (with .first and .second), in O(n)
+    // and without a comparison: the keys must already ascend strictly under Compare. That is not
+    // checked (use from_range to check it); keys out of order give a valid tree whose lookups
+    // may miss them, as an inconsistent comparator would. Every node is as full as an even
+    // spread allows.
+    template <class It>
+    static persistent_sorted_map from_sorted_n(It first, size_type count) {
+        return persistent_sorted_map(tree_type::build_sorted(first, count, 0));
+    }
+    template <class ForwardIt>
+    static persistent_sorted_map from_sorted(ForwardIt first, ForwardIt last) {
+        return from_sorted_n(first, static_cast<size_type>(std::distance(first, last)));
+    }
+
+    // A new map of the entries with lo <= key < hi (a null bound is open), built from the range
+    // in O(log n + m) for m entries, without comparing them; this very map when the range is all
+    // of it.
+    persistent_sorted_map subseq(const K* lo, const K* hi) const {
+        const range_type r = range(lo, hi);
+        if (r.begin() == begin() && r.end() == end()) return *this;
+        return from_sorted(r.begin(), r.end());
     }
 
     // Low-level access for bindings, atomic cells and tests.

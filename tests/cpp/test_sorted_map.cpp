@@ -1272,4 +1272,132 @@ TEST_F(SortedMapExceptions, DiffWithAThrowingComparator) {
     }
 }
 
+// ---- bulk building and subseq ----------------------------------------------------------------
+
+// from_sorted at every size around the fill boundaries (one leaf, two, a full level, one more):
+// valid trees (the checker's fill bounds), every entry in order, and updatable afterwards.
+TEST_F(SortedMapTest, FromSortedBuildsValidTreesAtEverySize) {
+    std::vector<std::size_t> sizes;
+    for (std::size_t n = 0; n <= 70; ++n) sizes.push_back(n);
+    for (std::size_t n : {511u, 512u, 513u, 1023u, 1024u, 1025u, 1056u, 1057u, 16384u, 32767u, 32768u, 32769u,
+                          100000u}) {
+        sizes.push_back(n);
+    }
+    for (std::size_t n : sizes) {
+        std::vector<std::pair<int, int>> items;
+        model_t model;
+        for (std::size_t i = 0; i < n; ++i) {
+            items.emplace_back(static_cast<int>(3 * i), static_cast<int>(i));
+            model[static_cast<int>(3 * i)] = static_cast<int>(i);
+        }
+        const imap m = imap::from_sorted(items.begin(), items.end());
+        ASSERT_TRUE(matches(m, model)) << n;
+        const imap r = imap::from_range(items.begin(), items.end());  // ascending: the same build
+        ASSERT_TRUE(matches(r, model)) << n;
+        ASSERT_EQ(r.height(), m.height());
+        if (n > 0) {
+            model[1] = -1;
+            model.erase(static_cast<int>(3 * (n / 2)));
+            ASSERT_TRUE(matches(m.set(1, -1).erase(static_cast<int>(3 * (n / 2))), model)) << n;
+            itransient t = m.transient();
+            t.set(1, -1);
+            t.erase(static_cast<int>(3 * (n / 2)));
+            ASSERT_TRUE(matches(t.persistent(), model)) << n;
+        }
+    }
+}
+
+// An input iterator (the category says: read once) over pairs.
+struct read_once {
+    using iterator_category = std::input_iterator_tag;
+    using value_type = std::pair<int, int>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const value_type*;
+    using reference = const value_type&;
+    const value_type* p;
+    reference operator*() const { return *p; }
+    pointer operator->() const { return p; }
+    read_once& operator++() {
+        ++p;
+        return *this;
+    }
+    bool operator!=(const read_once& o) const { return p != o.p; }
+    bool operator==(const read_once& o) const { return p == o.p; }
+};
+
+// from_range: input out of order, or with duplicates (later ones win), goes through a
+// transient; input iterators (read once) too.
+TEST_F(SortedMapTest, FromRangeAnyOrder) {
+    std::mt19937 rng(8);
+    for (int round = 0; round < 40; ++round) {
+        std::vector<std::pair<int, int>> items;
+        model_t model;
+        const int n = static_cast<int>(rng() % 3000);
+        for (int i = 0; i < n; ++i) {
+            const int k = static_cast<int>(rng() % 2000), v = static_cast<int>(rng());
+            items.emplace_back(k, v);
+            model[k] = v;
+        }
+        if (round % 3 == 0) {  // ascending, with duplicates
+            std::sort(items.begin(), items.end());
+            model.clear();
+            for (const auto& [k, v] : items) model[k] = v;
+        }
+        ASSERT_TRUE(matches(imap::from_range(items.begin(), items.end()), model));
+        ASSERT_TRUE(matches(imap::from_range(read_once{items.data()}, read_once{items.data() + items.size()}), model));
+    }
+}
+
+// subseq(lo, hi) against the model's range, on random maps and bounds; the whole range is the
+// same map.
+TEST_F(SortedMapTest, SubseqMatchesTheRange) {
+    std::mt19937 rng(17);
+    for (int round = 0; round < 60; ++round) {
+        const int n = static_cast<int>(rng() % (round < 30 ? 100u : 40000u));
+        model_t model;
+        itransient t;
+        for (int i = 0; i < n; ++i) {
+            const int k = static_cast<int>(rng() % static_cast<unsigned>(4 * n + 4)), v = static_cast<int>(rng());
+            t.set(k, v);
+            model[k] = v;
+        }
+        const imap m = t.persistent();
+        for (int q = 0; q < 8; ++q) {
+            const int a = static_cast<int>(rng() % static_cast<unsigned>(4 * n + 8)) - 2;
+            const int b = static_cast<int>(rng() % static_cast<unsigned>(4 * n + 8)) - 2;
+            const bool open_lo = rng() % 5 == 0, open_hi = rng() % 5 == 0;
+            const imap sub = m.subseq(open_lo ? nullptr : &a, open_hi ? nullptr : &b);
+            model_t want;
+            for (const auto& [k, v] : model) {
+                if ((open_lo || k >= a) && (open_hi || k < b)) want[k] = v;
+            }
+            ASSERT_TRUE(matches(sub, want)) << "round " << round;
+        }
+        EXPECT_TRUE(m.subseq(nullptr, nullptr).identical(m));
+    }
+}
+
+// A key or value copy, or an allocation, that throws while building leaves nothing behind.
+TEST_F(SortedMapExceptions, FromSortedAndSubseqReleaseEverythingOnFailure) {
+    for (int n : {0, 1, 40, 1100, 5000}) {
+        std::vector<std::pair<tkey, tkey>> items;
+        std::map<int, int> model;
+        for (int i = 0; i < n; ++i) {
+            items.emplace_back(tkey(2 * i), value_for(2 * i));
+            model[2 * i] = value_for(2 * i).id;
+        }
+        std::optional<xmap> built;
+        sweep([&] { built.emplace(xmap::from_sorted(items.begin(), items.end())); }, [] {});
+        ASSERT_TRUE(built && holds(*built, model)) << n;
+        const xmap& m = *built;
+        auto intact = [&] { ASSERT_TRUE(holds(m, model)); };
+        const tkey lo(n / 3), hi(n + n / 2);
+        std::map<int, int> want(model.lower_bound(n / 3), model.lower_bound(n + n / 2));
+        std::optional<xmap> sub;
+        const long failures = sweep([&] { sub.emplace(m.subseq(&lo, &hi)); }, intact);
+        ASSERT_TRUE(sub && holds(*sub, want)) << n;
+        if (n >= 40) EXPECT_GT(failures, 10);
+    }
+}
+
 }  // namespace
