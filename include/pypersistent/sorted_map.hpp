@@ -406,6 +406,141 @@ struct sorted_btree {
         return out;
     }
 
+    // ---- slicing: a range of a tree as a tree sharing everything wholly inside it ------------
+    //
+    // A piece is a tree held by one reference (n null when empty), every node of which but the
+    // root holds 16..32 slots; its root holds >= 1 entry (a leaf) or >= 2 children. Pieces are
+    // joined (every key of the first before every key of the second) along the spine of the
+    // taller one, as in a B-tree join, rebuilding only the nodes on that spine. Nothing here
+    // compares keys.
+    using piece = node_guard;
+
+    // Two nodes of one level side by side, as new references: both as they are when each
+    // holds >= 16 slots, else their slots merged into one node, or evened out over two.
+    static void join_level(node* x, node* y, unsigned h, change& out) {
+        if (x->count >= min_slots && y->count >= min_slots) {
+            retain(x);
+            out.a.reset(x, h);
+            retain(y);
+            out.b.reset(y, h);
+            return;
+        }
+        if (h == 0) {
+            leaf_item items[2 * max_slots];
+            unsigned n = leaf_items_of(x, items);
+            n += leaf_items_of(y, items + n);
+            build_leaves(items, n, 0, out);
+        } else {
+            inner_item items[2 * max_slots];
+            unsigned n = inner_items_of(x, h, items);
+            n += inner_items_of(y, h, items + n);
+            build_inners(h, items, n, 0, out);
+        }
+    }
+    // Subtree `n` (level h, above b's) with piece b after its last entry: 1 or 2 nodes of level h.
+    static void join_right(node* n, unsigned h, const piece& b, change& out) {
+        const unsigned last = n->count - 1u;
+        node* c = children(n)[last];
+        change sub;
+        if (h - 1 == b.height) {
+            join_level(c, b.n, h - 1, sub);
+        } else {
+            join_right(c, h - 1, b, sub);
+        }
+        rebuild_inner(n, h, last, last + 1, sub, 0, out);
+    }
+    // Piece a before subtree `n` (level h, above a's): 1 or 2 nodes of level h.
+    static void join_left(const piece& a, node* n, unsigned h, change& out) {
+        node* c = children(n)[0];
+        change sub;
+        if (h - 1 == a.height) {
+            join_level(a.n, c, h - 1, sub);
+        } else {
+            join_left(a, c, h - 1, sub);
+        }
+        rebuild_inner(n, h, 0, 1, sub, 0, out);
+    }
+    // a then b, into a; b ends empty.
+    static void join(piece& a, piece& b) {
+        if (!b.n) return;
+        if (!a.n) {
+            const unsigned h = b.height;
+            a.reset(b.hand_over(), h);
+            return;
+        }
+        change c;
+        unsigned h;
+        if (a.height == b.height) {
+            h = a.height;
+            join_level(a.n, b.n, h, c);
+        } else if (a.height > b.height) {
+            h = a.height;
+            join_right(a.n, h, b, c);
+        } else {
+            h = b.height;
+            join_left(a, b.n, h, c);
+        }
+        if (c.b.n) {
+            if (h + 1 > max_height) throw std::length_error("pypersistent::sorted_map: tree too deep");
+            inner_item items[2] = {{c.a.n, nullptr, &c.a}, {c.b.n, &leftmost_key(c.b.n, h), &c.b}};
+            node* r = make_inner(h + 1, items, 2, 0);
+            a.reset(r, h + 1);
+        } else {
+            a.reset(c.a.hand_over(), h);
+        }
+        b.reset(nullptr, 0);
+    }
+
+    // The entries of subtree `n` (level h) from position `lo` on and before position `hi`, as a
+    // piece (empty when there are none). A position names the child taken at each level (idx[l],
+    // l = h..1) and the entry in the leaf (idx[0]); null is open. Every subtree wholly inside the
+    // range is shared; only the nodes along the two bounds' paths, and the spines the joins
+    // walk, are new: O(height^2) nodes, whatever the number of entries.
+    static void slice(node* n, unsigned h, const unsigned* lo, const unsigned* hi, piece& out) {
+        if (lo) {
+            bool at_start = true;
+            for (unsigned l = 0; l <= h && at_start; ++l) at_start = lo[l] == 0;
+            if (at_start) lo = nullptr;
+        }
+        if (!lo && !hi) {
+            retain(n);
+            out.reset(n, h);
+            return;
+        }
+        if (h == 0) {
+            const unsigned from = lo ? lo[0] : 0, to = hi ? hi[0] : n->count;
+            if (from >= to) return;
+            leaf_item items[max_slots];
+            leaf_items_of(n, items);
+            out.reset(make_leaf(items + from, to - from, 0), 0);
+            return;
+        }
+        node* const* cs = children(n);
+        const unsigned ib = lo ? lo[h] : 0, ie = hi ? hi[h] : n->count - 1u;
+        if (ib >= ie) {  // both bounds in one child (ib > ie only for bounds out of order)
+            if (ib == ie) slice(cs[ib], h - 1, lo, hi, out);
+            return;
+        }
+        piece left, right;
+        slice(cs[ib], h - 1, lo, nullptr, left);
+        slice(cs[ie], h - 1, nullptr, hi, right);
+        const unsigned middle = ie - ib - 1;
+        if (middle == 1) {
+            retain(cs[ib + 1]);
+            piece mid(cs[ib + 1], h - 1);
+            join(left, mid);
+        } else if (middle >= 2) {
+            inner_item items[max_slots];
+            const K* ks = seps(n);
+            for (unsigned j = ib + 1; j < ie; ++j) items[j - ib - 1] = inner_item{cs[j], &ks[j - 1], nullptr};
+            piece mid(make_inner(h, items, middle, 0), h);
+            join(left, mid);
+        }
+        join(left, right);
+        const unsigned lh = left.height;
+        out.reset(left.hand_over(), lh);
+    }
+
     // ---- searching (the only place Compare is called) -----------------------------------
 
     static bool less(const K& a, const K& b) { return static_cast<bool>(Compare{}(a, b)); }
@@ -764,6 +899,27 @@ public:
         return it;
     }
 
+    // This position as indices (the child taken at each level l = height..1 in idx[l], the entry
+    // in the leaf in idx[0]); false at the end.
+    bool position(unsigned* idx) const noexcept {
+        if (!current_) return false;
+        for (unsigned l = 1; l <= height_; ++l) idx[l] = idx_[l];
+        idx[0] = static_cast<unsigned>(current_ - Tree::entries(path_[0]));
+        return true;
+    }
+    // The number of entries from this position up to `e` (same tree, not before this one),
+    // counted leaf by leaf.
+    std::size_t count_to(const sorted_map_iterator& e) const noexcept {
+        sorted_map_iterator x = *this;
+        std::size_t n = 0;
+        while (x.current_) {
+            if (e.current_ && x.path_[0] == e.path_[0]) return n + static_cast<std::size_t>(e.current_ - x.current_);
+            n += static_cast<std::size_t>(x.end_ - x.current_);
+            x.next_from(1);
+        }
+        return n;
+    }
+
     // Whether this position comes before `o` (both from the same tree; the end comes last).
     bool before(const sorted_map_iterator& o) const noexcept {
         if (!current_) return false;
@@ -1118,13 +1274,25 @@ public:
         return from_sorted_n(first, static_cast<size_type>(std::distance(first, last)));
     }
 
-    // A new map of the entries with lo <= key < hi (a null bound is open), built from the range
-    // in O(log n + m) for m entries, without comparing them; this very map when the range is all
-    // of it.
+    // A new map of the entries with lo <= key < hi (a null bound is open); this very map when the
+    // range is all of it. The new map shares every subtree wholly inside the range: after the
+    // two O(log n) searches for the bounds, it builds O(log^2 n) nodes and counts the entries
+    // leaf by leaf (O(m / 16) for m entries), comparing nothing.
     persistent_sorted_map subseq(const K* lo, const K* hi) const {
         const range_type r = range(lo, hi);
-        if (r.begin() == begin() && r.end() == end()) return *this;
-        return from_sorted(r.begin(), r.end());
+        if (r.empty()) return persistent_sorted_map();
+        const bool from_start = r.begin() == begin(), to_end = r.end() == end();
+        if (from_start && to_end) return *this;
+        unsigned from[tree_type::max_height + 1], to[tree_type::max_height + 1];
+        r.begin().position(from);
+        r.end().position(to);
+        tree_parts out;
+        out.size = r.begin().count_to(r.end());
+        typename tree_type::piece p;
+        tree_type::slice(t_.root, t_.height, from_start ? nullptr : from, to_end ? nullptr : to, p);
+        out.height = p.height;
+        out.root = p.hand_over();
+        return persistent_sorted_map(out);
     }
 
     // Low-level access for bindings, atomic cells and tests.

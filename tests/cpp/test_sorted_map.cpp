@@ -1377,6 +1377,82 @@ TEST_F(SortedMapTest, SubseqMatchesTheRange) {
     }
 }
 
+// subseq on maps of many shapes (bulk built: full nodes; random inserts; thinned by erases:
+// half-full nodes, so joins merge and even out) and sizes, at many bounds: valid trees holding
+// exactly the range, which stay usable.
+TEST_F(SortedMapTest, SubseqOnEveryShape) {
+    std::mt19937 rng(23);
+    for (int round = 0; round < 90; ++round) {
+        const int n = round < 30 ? round * 3 : static_cast<int>(rng() % 12000);
+        model_t model;
+        imap m;
+        if (round % 3 == 0) {
+            model = range_model(0, 2 * n, 2);
+            std::vector<std::pair<int, int>> items(model.begin(), model.end());
+            m = imap::from_sorted(items.begin(), items.end());
+        } else {
+            itransient t;
+            for (int i = 0; i < n; ++i) {
+                const int k = static_cast<int>(rng() % static_cast<unsigned>(2 * n + 2));
+                t.set(k, i);
+                model[k] = i;
+            }
+            if (round % 3 == 2) {  // thin it out: erases that leave nodes half full
+                for (auto it = model.begin(); it != model.end();) {
+                    if (rng() % 3 != 0) {
+                        t.erase(it->first);
+                        it = model.erase(it);
+                    } else {
+                        ++it;
+                    }
+                }
+            }
+            m = t.persistent();
+        }
+        ASSERT_TRUE(well_formed(m));
+        for (int q = 0; q < 40; ++q) {
+            const int a = static_cast<int>(rng() % static_cast<unsigned>(2 * n + 6)) - 2;
+            const int b = q % 4 == 0 ? a + static_cast<int>(rng() % 80)
+                                     : static_cast<int>(rng() % static_cast<unsigned>(2 * n + 6)) - 2;
+            const imap sub = m.subseq(&a, &b);
+            model_t want;
+            for (auto it = model.lower_bound(a); it != model.end() && it->first < b; ++it) want.insert(*it);
+            ASSERT_TRUE(matches(sub, want)) << "round " << round << " [" << a << ", " << b << ")";
+            if (!want.empty() && q % 8 == 0) {
+                want.erase(want.begin());
+                want[-5] = 5;
+                ASSERT_TRUE(matches(sub.erase(sub.first()->first).set(-5, 5), want));
+            }
+        }
+    }
+}
+
+// subseq shares every subtree wholly inside the range: a slice of a 100K-entry map costs a few
+// dozen new nodes, whatever its length, and joins pieces of every height.
+TEST_F(SortedMapTest, SubseqSharesTheInterior) {
+    const imap m = build(range_model(0, 100000));
+    ASSERT_GE(m.height(), 3u);
+    std::mt19937 rng(4);
+    long most = 0;
+    for (int q = 0; q < 300; ++q) {
+        int a = static_cast<int>(rng() % 100002) - 1, b = static_cast<int>(rng() % 100002) - 1;
+        if (q % 3 == 0) b = a + static_cast<int>(rng() % 2000);  // short ranges: pieces of every height
+        const long before = tracking_policy::live_nodes;
+        const imap sub = m.subseq(&a, &b);
+        const long fresh = tracking_policy::live_nodes - before;
+        most = std::max(most, fresh);
+        EXPECT_LE(fresh, 4L * (m.height() + 1) * (m.height() + 1)) << a << ".." << b;
+        ASSERT_TRUE(well_formed(sub));
+        const std::size_t want = a < b ? static_cast<std::size_t>(std::min(b, 100000) - std::max(a, 0)) : 0;
+        ASSERT_EQ(sub.size(), a < b && b > 0 && a < 100000 ? want : 0u) << a << ".." << b;
+        if (sub.size() > 0) {
+            EXPECT_EQ(sub.first()->first, std::max(a, 0));
+            EXPECT_EQ(sub.last()->first, std::min(b, 100000) - 1);
+        }
+    }
+    std::printf("subseq of a 100K-entry map of height %u: at most %ld new nodes\n", m.height(), most);
+}
+
 // A key or value copy, or an allocation, that throws while building leaves nothing behind.
 TEST_F(SortedMapExceptions, FromSortedAndSubseqReleaseEverythingOnFailure) {
     for (int n : {0, 1, 40, 1100, 5000}) {
@@ -1397,6 +1473,26 @@ TEST_F(SortedMapExceptions, FromSortedAndSubseqReleaseEverythingOnFailure) {
         const long failures = sweep([&] { sub.emplace(m.subseq(&lo, &hi)); }, intact);
         ASSERT_TRUE(sub && holds(*sub, want)) << n;
         if (n >= 40) EXPECT_GT(failures, 10);
+    }
+    // A map thinned out by erases (nodes about half full): slices whose joins merge nodes.
+    std::map<int, int> model = xmodel(0, 9000, 1);
+    xtransient t = xbuild(model).transient();
+    for (int k = 0; k < 9000; ++k) {
+        if (k % 3 != 0) {
+            t.erase(tkey(k));
+            model.erase(k);
+        }
+    }
+    const xmap thin = t.persistent();
+    auto intact = [&] { ASSERT_TRUE(holds(thin, model)); };
+    std::mt19937 rng(2);
+    for (int q = 0; q < 12; ++q) {
+        const int a = static_cast<int>(rng() % 9000), b = a + static_cast<int>(rng() % (q % 2 ? 300 : 9000));
+        const tkey lo(a), hi(b);
+        std::map<int, int> want(model.lower_bound(a), model.lower_bound(b));
+        std::optional<xmap> sub;
+        sweep([&] { sub.emplace(thin.subseq(&lo, &hi)); }, intact);
+        ASSERT_TRUE(sub && holds(*sub, want)) << a << ".." << b;
     }
 }
 
