@@ -8,6 +8,7 @@ changed, removed and added). Measured, per size n and number of changes k:
   dict compare    the same answer from two dicts: keys only in one, and keys whose values
                   differ (O(n))
   set diff        old.diff(new) on PersistentSets of the same keys
+  sorted diff     old.diff(new) on PersistentSortedDicts (shared subtrees skipped: about k log n)
 
 Each cell is the best of --repeat timings, in microseconds per diff, with the GC disabled.
 
@@ -22,7 +23,7 @@ import gc
 import random
 import time
 
-from pypersistent import PersistentMap, PersistentSet
+from pypersistent import PersistentMap, PersistentSet, PersistentSortedDict
 
 
 def parse_size(text: str) -> int:
@@ -65,38 +66,46 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     rng = random.Random(20261204)
-    print("| size | changes | diff (µs) | dict compare (µs) | dict / diff | set diff (µs) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| size | changes | diff (µs) | dict compare (µs) | dict / diff | set diff (µs) | sorted diff (µs) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     gc.disable()
     for n in map(parse_size, args.sizes.split(",")):
         keys = rng.sample(range(1 << 40), n)
         old = PersistentMap.from_dict({k: k for k in keys})
         old_dict = dict(old)
         old_set = PersistentSet(keys)
+        old_sorted = PersistentSortedDict(old_dict)
         for k in map(int, args.changes.split(",")):
             if 3 * k > n:
                 continue
             t = old.transient()
             s = old_set.transient()
+            o = old_sorted.transient()
             victims = rng.sample(keys, 2 * k)
             for key in victims[:k]:
                 t[key] = -key  # changed
+                o[key] = -key
             for key in victims[k:]:
                 del t[key]  # removed
+                del o[key]
                 s.discard(key)
             for i in range(k):
                 t[(1 << 41) + i] = i  # added
+                o[(1 << 41) + i] = i
                 s.add((1 << 41) + i)
-            new, new_set = t.persistent(), s.persistent()
+            new, new_set, new_sorted = t.persistent(), s.persistent(), o.persistent()
             new_dict = dict(new)
             result = old.diff(new)
             want = dict_diff(old_dict, new_dict)
             assert (dict(result.added), dict(result.removed), dict(result.changed)) == want
+            result = old_sorted.diff(new_sorted)
+            assert (dict(result.added), dict(result.removed), dict(result.changed)) == want
             ours = best_of(lambda: old.diff(new), args.repeat)
             theirs = best_of(lambda: dict_diff(old_dict, new_dict), args.repeat)
             sets = best_of(lambda: old_set.diff(new_set), args.repeat)
-            print(f"| {n:,} | {k:,} | {ours * 1e6:,.1f} | {theirs * 1e6:,.1f} | {theirs / ours:,.0f}x | {sets * 1e6:,.1f} |",
-                  flush=True)
+            sort = best_of(lambda: old_sorted.diff(new_sorted), args.repeat)
+            print(f"| {n:,} | {k:,} | {ours * 1e6:,.1f} | {theirs * 1e6:,.1f} | {theirs / ours:,.0f}x "
+                  f"| {sets * 1e6:,.1f} | {sort * 1e6:,.1f} |", flush=True)
     gc.enable()
 
 

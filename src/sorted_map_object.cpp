@@ -8,6 +8,7 @@
 // miss them), never corrupt a version or crash (see "Hostile comparators" in sorted_map.hpp).
 #include <new>
 #include <utility>
+#include <vector>
 
 #include "bindings.hpp"
 #include "fill_support.hpp"
@@ -210,11 +211,10 @@ PyObject* sorted_from_dict(PyObject* cls, PyObject* source) {
 PyObject* range_map(PyObject* self, PyObject* lo, PyObject* hi) {
     SortedObject* m = as_sorted(self);
     return guarded([&]() -> PyObject* {
-        const auto r = m->map.range(lo ? &lo : nullptr, hi ? &hi : nullptr);
-        if (r.begin() == m->map.begin() && r.end() == m->map.end()) return Py_NewRef(self);
-        object_sorted_transient t;
-        for (const auto& e : r) t.set(e.first, e.second);
-        return new_sorted(Py_TYPE(self), m->state, t.persistent());
+        // Shares every subtree inside the range: O(log^2 n) new nodes, no comparison after the bounds.
+        object_sorted_map sub = m->map.subseq(lo ? &lo : nullptr, hi ? &hi : nullptr);
+        if (sub.identical(m->map)) return Py_NewRef(self);
+        return new_sorted(Py_TYPE(self), m->state, std::move(sub));
     });
 }
 
@@ -576,8 +576,32 @@ PyObject* sorted_irange(PyObject* self, PyObject* args, PyObject* kwargs) {
     });
 }
 
-// old.diff(new): MapDiff(added, removed, changed) of PersistentSortedDicts, by one merge walk
-// over both maps in key order (O(n + m) comparisons).
+// Collects a core diff: the entries come in key order, so each part is built at the end in
+// O(k) by from_sorted, without comparing keys again. The maps diffed are alive for the whole
+// call, so their entries are borrowed; the (old value, new value) pairs of `changed` are owned.
+struct diff_collector {
+    std::vector<sorted_entry> added_entries, removed_entries, changed_entries;
+    diff_collector() = default;
+    diff_collector(const diff_collector&) = delete;
+    diff_collector& operator=(const diff_collector&) = delete;
+    ~diff_collector() {
+        for (auto& e : changed_entries) Py_DECREF(e.second);
+    }
+    void added(const sorted_entry& e) { added_entries.push_back(e); }
+    void removed(const sorted_entry& e) { removed_entries.push_back(e); }
+    void changed(const sorted_entry& a, const sorted_entry& b) {
+        if (changed_entries.size() == changed_entries.capacity()) {  // so that emplace_back cannot throw
+            changed_entries.reserve(2 * changed_entries.size() + 8);
+        }
+        PyObject* pair = PyTuple_Pack(2, a.second, b.second);
+        if (!pair) throw python_error{};
+        changed_entries.emplace_back(a.first, pair);
+    }
+};
+
+// old.diff(new): MapDiff(added, removed, changed) of PersistentSortedDicts, by the core's diff:
+// a merge walk over both maps in key order that skips every subtree the two versions share, so
+// versions that differ in k keys cost about k log n (unrelated maps: one O(n + m) merge).
 PyObject* sorted_diff(PyObject* self, PyObject* other) {
     if (!is_psorted(other)) {
         PyErr_Format(PyExc_TypeError, "PersistentSortedDict.diff() argument must be a PersistentSortedDict, not %.200s",
@@ -588,45 +612,23 @@ PyObject* sorted_diff(PyObject* self, PyObject* other) {
     return guarded([&]() -> PyObject* {
         const object_sorted_map& a = as_sorted(self)->map;
         const object_sorted_map& b = as_sorted(other)->map;
-        object_sorted_transient added, removed, changed;
-        if (!a.identical(b)) {
-            object_less less;
-            sorted_iterator x = a.begin(), xe = a.end(), y = b.begin(), ye = b.end();
-            while (x != xe && y != ye) {
-                if (x->first != y->first && less(x->first, y->first)) {
-                    removed.set(x->first, x->second);
-                    ++x;
-                } else if (x->first != y->first && less(y->first, x->first)) {
-                    added.set(y->first, y->second);
-                    ++y;
-                } else {
-                    if (x->second != y->second) {
-                        const int same = PyObject_RichCompareBool(x->second, y->second, Py_EQ);
-                        if (same < 0) return nullptr;
-                        if (!same) {
-                            PyObject* pair = PyTuple_Pack(2, x->second, y->second);
-                            if (!pair) return nullptr;
-                            try {
-                                changed.set(x->first, pair);
-                            } catch (...) {
-                                Py_DECREF(pair);
-                                throw;
-                            }
-                            Py_DECREF(pair);
-                        }
-                    }
-                    ++x;
-                    ++y;
-                }
-            }
-            for (; x != xe; ++x) removed.set(x->first, x->second);
-            for (; y != ye; ++y) added.set(y->first, y->second);
-        }
+        // The maps are immutable and held by this call, so the Python code the walk runs (`<`,
+        // `==`) cannot change the nodes it stands on.
+        diff_collector found;
+        a.diff(b, found, object_equal());
         PyObject* result = PyStructSequence_New(state->map_diff_type);
         if (!result) return nullptr;
-        object_sorted_transient* parts[] = {&added, &removed, &changed};
+        const std::vector<sorted_entry>* parts[] = {&found.added_entries, &found.removed_entries,
+                                                     &found.changed_entries};
         for (Py_ssize_t i = 0; i < 3; ++i) {
-            PyObject* part = new_sorted(state->sorted_map_type, state, parts[i]->persistent());
+            PyObject* part = nullptr;
+            try {
+                part = new_sorted(state->sorted_map_type, state,
+                                  object_sorted_map::from_sorted(parts[i]->begin(), parts[i]->end()));
+            } catch (...) {
+                Py_DECREF(result);
+                throw;
+            }
             if (!part) {
                 Py_DECREF(result);
                 return nullptr;
@@ -681,7 +683,8 @@ PyMethodDef sorted_methods[] = {
      "diff($self, other, /)\n--\n\n"
      "What changed from this map to other: MapDiff(added, removed, changed) of PersistentSortedDicts.\n\n"
      "changed maps each key whose values differ (neither the same object nor ==) to the pair\n"
-     "(old value, new value). One merge walk over both maps in key order."},
+     "(old value, new value). Subtrees the two versions share are skipped: versions that differ\n"
+     "in k keys cost about k log n."},
     {"copy", sorted_copy, METH_NOARGS, "copy($self, /)\n--\n\nThis map itself: it is immutable."},
     {"__copy__", sorted_copy, METH_NOARGS, "__copy__($self, /)\n--\n\nThis map itself: it is immutable."},
     {"__deepcopy__", sorted_deepcopy, METH_O,

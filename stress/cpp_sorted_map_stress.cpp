@@ -9,8 +9,10 @@
 //   - derives new versions from it: chains of persistent set/erase (runs of neighbouring keys, so
 //     that leaves split and merge), transient batches frozen with persistent() and then edited
 //     further (the frozen version must not change);
+//   - takes slices (subseq: new versions sharing the subtrees inside the range);
 //   - verifies every version it touches against its model (a std::map): iteration in order both
-//     ways, lookups, floor/ceiling, a range, equality with a version rebuilt from scratch;
+//     ways, lookups, floor/ceiling, a range, equality with a version rebuilt from scratch, and
+//     now and then diff against the version it was derived from;
 //   - hands versions to other threads through the slots, keeps some for a while and re-verifies
 //     them later, and drops the rest.
 //
@@ -180,10 +182,47 @@ version rebuild(const model& m, rng& r) {
     return v;
 }
 
+// What from.diff(to) reports, counted, against the models' difference.
+struct diff_counts {
+    std::size_t added = 0, removed = 0, changed = 0;
+};
+struct diff_counter {
+    diff_counts& c;
+    template <class E>
+    void added(const E&) { ++c.added; }
+    template <class E>
+    void removed(const E&) { ++c.removed; }
+    template <class E>
+    void changed(const E&, const E&) { ++c.changed; }
+};
+void check_diff(const version& from, const version& to) {
+    diff_counts want, got, got_str;
+    for (const auto& [k, val] : *from.m) {
+        auto it = to.m->find(k);
+        if (it == to.m->end()) ++want.removed;
+        else if (it->second != val) ++want.changed;
+    }
+    for (const auto& kv : *to.m) want.added += from.m->count(kv.first) == 0 ? 1 : 0;
+    from.u64.diff(to.u64, diff_counter{got});
+    from.str.diff(to.str, diff_counter{got_str});
+    CHECK(got.added == want.added && got.removed == want.removed && got.changed == want.changed &&
+              got_str.added == want.added && got_str.removed == want.removed && got_str.changed == want.changed,
+          "diff differs from the models: +%zu -%zu ~%zu, model +%zu -%zu ~%zu", got.added, got.removed, got.changed,
+          want.added, want.removed, want.changed);
+}
+
 version derive(const version& from, rng& r) {
     model m = *from.m;
     version v;
-    if (r.chance(50)) {
+    if (r.chance(15)) {
+        // A slice: shares every subtree inside the range with `from`.
+        const std::uint64_t lo = key_of(r.below(g_cfg.universe));
+        const std::uint64_t hi = lo + (std::uint64_t(r.below(g_cfg.universe / 2 + 1)) << 32);
+        v.u64 = from.u64.subseq(&lo, &hi);
+        v.str = from.str.subseq(&lo, &hi);
+        m.erase(m.begin(), m.lower_bound(lo));
+        m.erase(m.lower_bound(hi), m.end());
+    } else if (r.chance(50)) {
         // Persistent chains over a run of neighbouring keys.
         v.u64 = from.u64;
         v.str = from.str;
@@ -241,6 +280,7 @@ version derive(const version& from, rng& r) {
         CHECK(same, "frozen transient version changed");
     }
     v.m = std::make_shared<const model>(std::move(m));
+    if (r.chance(25)) check_diff(from, v);
     g_versions_made.fetch_add(1, std::memory_order_relaxed);
     return v;
 }

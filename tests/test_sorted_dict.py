@@ -149,6 +149,46 @@ def test_diff():
     assert v2.diff(v1).added == {7: 7}
 
 
+class CountedKey:
+    """An int-like key whose ``<`` calls are counted (not an exact int: no inline fast path)."""
+
+    calls = 0
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+    def __lt__(self, other):
+        CountedKey.calls += 1
+        return self.v < other.v
+
+    def __eq__(self, other):
+        return self.v == other.v
+
+    def __hash__(self):
+        return hash(self.v)
+
+
+def test_diff_skips_shared_subtrees():
+    keys = [CountedKey(i) for i in range(0, 40000, 2)]
+    v1 = S(zip(keys, range(len(keys))))
+    v2 = v1.set(keys[10], "x").delete(keys[15000]).set(CountedKey(20001), "new")
+    CountedKey.calls = 0
+    added, removed, changed = v1.diff(v2)
+    # Only the changed leaves are merged (a few dozen comparisons each), not 20,000 entries.
+    assert CountedKey.calls < 600
+    assert [k.v for k in added] == [20001] and [k.v for k in removed] == [30000]
+    assert [(k.v, pair) for k, pair in changed.items()] == [(20, (10, "x"))]
+    # Built apart from equal (not identical) keys, nothing is shared: a full merge, same answer.
+    copies = [CountedKey(k.v) for k in keys]
+    v3 = S(zip(reversed(copies), reversed(range(len(keys))))).set(copies[10], "x").delete(copies[15000])
+    v3 = v3.set(CountedKey(20001), "new")
+    CountedKey.calls = 0
+    d = v1.diff(v3)
+    assert CountedKey.calls >= len(keys)
+    assert [k.v for k in d.added] == [20001] and [k.v for k in d.removed] == [30000] and len(d.changed) == 1
+
+
 def test_transient():
     base = S({i: str(i) for i in range(100)})
     with base.transient() as t:

@@ -67,6 +67,7 @@
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "policy.hpp"
 
@@ -340,9 +341,211 @@ struct sorted_btree {
         build_inners(height, items, n, owner, out);
     }
 
+    // ---- bulk building ------------------------------------------------------------------
+
+    // The nodes of one level of a bulk build; whatever is still held is released on failure.
+    struct level_nodes {
+        std::vector<node*> nodes;
+        unsigned height = 0;
+        level_nodes() = default;
+        level_nodes(const level_nodes&) = delete;
+        level_nodes& operator=(const level_nodes&) = delete;
+        ~level_nodes() {
+            for (node* n : nodes) release(n, height);
+        }
+    };
+
+    // A tree of the `count` entries read in order from `first` (each with .first and .second),
+    // whose keys are taken to ascend: nothing is compared. Bottom-up, level by level, the
+    // entries (then the children) spread evenly over as few nodes as hold them, so every node
+    // but the root holds 16..32 slots: O(count) copies, no comparison. Strong guarantee: a copy
+    // or allocation that throws releases everything built so far.
+    template <class It>
+    static tree build_sorted(It first, size_type count, owner_t owner) {
+        tree out;
+        if (count == 0) return out;
+        level_nodes level;
+        {
+            const size_type leaves = (count + max_slots - 1) / max_slots;
+            level.nodes.reserve(leaves);
+            const size_type base = count / leaves, extra = count % leaves;
+            for (size_type i = 0; i < leaves; ++i) {
+                const unsigned c = static_cast<unsigned>(base + (i < extra ? 1 : 0));
+                builder b(capacity_for(c, owner), 0, owner);
+                for (unsigned j = 0; j < c; ++j, ++first) b.add_entry(first->first, first->second);
+                level.nodes.push_back(b.finish());  // reserved: cannot throw
+            }
+        }
+        unsigned h = 0;
+        while (level.nodes.size() > 1) {
+            if (h + 1 > max_height) throw std::length_error("pypersistent::sorted_map: tree too deep");
+            const size_type c = level.nodes.size();
+            const size_type parents = (c + max_slots - 1) / max_slots;
+            level_nodes up;
+            up.height = h + 1;
+            up.nodes.reserve(parents);
+            const size_type base = c / parents, extra = c % parents;
+            size_type next = 0;
+            for (size_type i = 0; i < parents; ++i) {
+                const unsigned k = static_cast<unsigned>(base + (i < extra ? 1 : 0));
+                builder b(capacity_for(k, owner), h + 1, owner);
+                for (unsigned j = 0; j < k; ++j, ++next) {
+                    node_guard child(level.nodes[next], h);  // the level's reference, handed to b
+                    level.nodes[next] = nullptr;
+                    b.add_child(&leftmost_key(child.n, h), child.n, &child);
+                }
+                up.nodes.push_back(b.finish());
+            }
+            level.nodes.swap(up.nodes);  // `up` keeps the emptied level's slots: all null
+            level.height = ++h;
+        }
+        out.root = level.nodes[0];
+        level.nodes.clear();
+        out.height = h;
+        out.size = count;
+        return out;
+    }
+
+    // ---- slicing: a range of a tree as a tree sharing everything wholly inside it ------------
+    //
+    // A piece is a tree held by one reference (n null when empty), every node of which but the
+    // root holds 16..32 slots; its root holds >= 1 entry (a leaf) or >= 2 children. Pieces are
+    // joined (every key of the first before every key of the second) along the spine of the
+    // taller one, as in a B-tree join, rebuilding only the nodes on that spine. Nothing here
+    // compares keys.
+    using piece = node_guard;
+
+    // Two nodes of one level side by side, as new references: both as they are when each
+    // holds >= 16 slots, else their slots merged into one node, or evened out over two.
+    static void join_level(node* x, node* y, unsigned h, change& out) {
+        if (x->count >= min_slots && y->count >= min_slots) {
+            retain(x);
+            out.a.reset(x, h);
+            retain(y);
+            out.b.reset(y, h);
+            return;
+        }
+        if (h == 0) {
+            leaf_item items[2 * max_slots];
+            unsigned n = leaf_items_of(x, items);
+            n += leaf_items_of(y, items + n);
+            build_leaves(items, n, 0, out);
+        } else {
+            inner_item items[2 * max_slots];
+            unsigned n = inner_items_of(x, h, items);
+            n += inner_items_of(y, h, items + n);
+            build_inners(h, items, n, 0, out);
+        }
+    }
+    // Subtree `n` (level h, above b's) with piece b after its last entry: 1 or 2 nodes of level h.
+    static void join_right(node* n, unsigned h, const piece& b, change& out) {
+        const unsigned last = n->count - 1u;
+        node* c = children(n)[last];
+        change sub;
+        if (h - 1 == b.height) {
+            join_level(c, b.n, h - 1, sub);
+        } else {
+            join_right(c, h - 1, b, sub);
+        }
+        rebuild_inner(n, h, last, last + 1, sub, 0, out);
+    }
+    // Piece a before subtree `n` (level h, above a's): 1 or 2 nodes of level h.
+    static void join_left(const piece& a, node* n, unsigned h, change& out) {
+        node* c = children(n)[0];
+        change sub;
+        if (h - 1 == a.height) {
+            join_level(a.n, c, h - 1, sub);
+        } else {
+            join_left(a, c, h - 1, sub);
+        }
+        rebuild_inner(n, h, 0, 1, sub, 0, out);
+    }
+    // a then b, into a; b ends empty.
+    static void join(piece& a, piece& b) {
+        if (!b.n) return;
+        if (!a.n) {
+            const unsigned h = b.height;
+            a.reset(b.hand_over(), h);
+            return;
+        }
+        change c;
+        unsigned h;
+        if (a.height == b.height) {
+            h = a.height;
+            join_level(a.n, b.n, h, c);
+        } else if (a.height > b.height) {
+            h = a.height;
+            join_right(a.n, h, b, c);
+        } else {
+            h = b.height;
+            join_left(a, b.n, h, c);
+        }
+        if (c.b.n) {
+            if (h + 1 > max_height) throw std::length_error("pypersistent::sorted_map: tree too deep");
+            inner_item items[2] = {{c.a.n, nullptr, &c.a}, {c.b.n, &leftmost_key(c.b.n, h), &c.b}};
+            node* r = make_inner(h + 1, items, 2, 0);
+            a.reset(r, h + 1);
+        } else {
+            a.reset(c.a.hand_over(), h);
+        }
+        b.reset(nullptr, 0);
+    }
+
+    // The entries of subtree `n` (level h) from position `lo` on and before position `hi`, as a
+    // piece (empty when there are none). A position names the child taken at each level (idx[l],
+    // l = h..1) and the entry in the leaf (idx[0]); null is open. Every subtree wholly inside the
+    // range is shared; only the nodes along the two bounds' paths, and the spines the joins
+    // walk, are new: O(height^2) nodes, whatever the number of entries.
+    static void slice(node* n, unsigned h, const unsigned* lo, const unsigned* hi, piece& out) {
+        if (lo) {
+            bool at_start = true;
+            for (unsigned l = 0; l <= h && at_start; ++l) at_start = lo[l] == 0;
+            if (at_start) lo = nullptr;
+        }
+        if (!lo && !hi) {
+            retain(n);
+            out.reset(n, h);
+            return;
+        }
+        if (h == 0) {
+            const unsigned from = lo ? lo[0] : 0, to = hi ? hi[0] : n->count;
+            if (from >= to) return;
+            leaf_item items[max_slots];
+            leaf_items_of(n, items);
+            out.reset(make_leaf(items + from, to - from, 0), 0);
+            return;
+        }
+        node* const* cs = children(n);
+        const unsigned ib = lo ? lo[h] : 0, ie = hi ? hi[h] : n->count - 1u;
+        if (ib >= ie) {  // both bounds in one child (ib > ie only for bounds out of order)
+            if (ib == ie) slice(cs[ib], h - 1, lo, hi, out);
+            return;
+        }
+        piece left, right;
+        slice(cs[ib], h - 1, lo, nullptr, left);
+        slice(cs[ie], h - 1, nullptr, hi, right);
+        const unsigned middle = ie - ib - 1;
+        if (middle == 1) {
+            retain(cs[ib + 1]);
+            piece mid(cs[ib + 1], h - 1);
+            join(left, mid);
+        } else if (middle >= 2) {
+            inner_item items[max_slots];
+            const K* ks = seps(n);
+            for (unsigned j = ib + 1; j < ie; ++j) items[j - ib - 1] = inner_item{cs[j], &ks[j - 1], nullptr};
+            piece mid(make_inner(h, items, middle, 0), h);
+            join(left, mid);
+        }
+        join(left, right);
+        const unsigned lh = left.height;
+        out.reset(left.hand_over(), lh);
+    }
+
     // ---- searching (the only place Compare is called) -----------------------------------
 
     static bool less(const K& a, const K& b) { return static_cast<bool>(Compare{}(a, b)); }
+    static bool identical_key(const K& a, const K& b) noexcept { return Policy::identical_key(a, b); }
+    static bool same_value(const V& a, const V& b) { return Policy::same_value(a, b); }
 
     // The child of inner node `n` whose keys `key` belongs with: the number of separators <= key.
     static unsigned child_index(const node* n, const K& key) {
@@ -696,6 +899,27 @@ public:
         return it;
     }
 
+    // This position as indices (the child taken at each level l = height..1 in idx[l], the entry
+    // in the leaf in idx[0]); false at the end.
+    bool position(unsigned* idx) const noexcept {
+        if (!current_) return false;
+        for (unsigned l = 1; l <= height_; ++l) idx[l] = idx_[l];
+        idx[0] = static_cast<unsigned>(current_ - Tree::entries(path_[0]));
+        return true;
+    }
+    // The number of entries from this position up to `e` (same tree, not before this one),
+    // counted leaf by leaf.
+    std::size_t count_to(const sorted_map_iterator& e) const noexcept {
+        sorted_map_iterator x = *this;
+        std::size_t n = 0;
+        while (x.current_) {
+            if (e.current_ && x.path_[0] == e.path_[0]) return n + static_cast<std::size_t>(e.current_ - x.current_);
+            n += static_cast<std::size_t>(x.end_ - x.current_);
+            x.next_from(1);
+        }
+        return n;
+    }
+
     // Whether this position comes before `o` (both from the same tree; the end comes last).
     bool before(const sorted_map_iterator& o) const noexcept {
         if (!current_) return false;
@@ -732,6 +956,58 @@ public:
             ++y;
         }
         return !x.current_ && !y.current_;
+    }
+
+    // What changed from tree a to tree b, by one merge walk over both in key order: v.removed(e)
+    // for each entry of a whose key b lacks, v.added(e) for each entry of b whose key a lacks,
+    // v.changed(ea, eb) for each key in both whose values are neither the same (same_value) nor
+    // equal (value_eq). Whenever both walks stand at the start of one same node (a subtree the
+    // two versions share), they step over it whole, without a comparison: after k updates, two
+    // versions share everything but k root-to-leaf paths, and the walks fall back into step at
+    // the end of every changed node, so the cost is about k * width * height steps and k * 2 *
+    // width comparisons, whatever the size. Trees of different heights are fine (a shared node is
+    // at the same level, counted from the leaves, in both); unrelated trees cost a plain merge.
+    // Read-only: Compare, value_eq and the visitor may throw; nothing needs undoing.
+    template <class ValueEqual, class Visitor>
+    static void diff(const node* ra, unsigned ha, const node* rb, unsigned hb, ValueEqual& value_eq, Visitor& v) {
+        if (ra == rb) return;
+        sorted_map_iterator x = first_of(ra, ha);
+        sorted_map_iterator y = first_of(rb, hb);
+        const unsigned top = ha < hb ? ha : hb;
+        while (x.current_ && y.current_) {
+            if (x.current_ == Tree::entries(x.path_[0]) && y.current_ == Tree::entries(y.path_[0])) {
+                // At the start of a leaf in both: the largest subtree starting here in both.
+                int shared = -1;
+                for (unsigned l = 0; l <= top; ++l) {
+                    if (l > 0 && (x.idx_[l] != 0 || y.idx_[l] != 0)) break;
+                    if (x.path_[l] == y.path_[l]) shared = static_cast<int>(l);
+                }
+                if (shared >= 0) {
+                    x.next_from(static_cast<unsigned>(shared) + 1);
+                    y.next_from(static_cast<unsigned>(shared) + 1);
+                    continue;
+                }
+            }
+            const value_type& a = *x.current_;
+            const value_type& b = *y.current_;
+            if (&a != &b && !Tree::identical_key(a.first, b.first)) {
+                if (Tree::less(a.first, b.first)) {
+                    v.removed(a);
+                    ++x;
+                    continue;
+                }
+                if (Tree::less(b.first, a.first)) {
+                    v.added(b);
+                    ++y;
+                    continue;
+                }
+            }
+            if (&a != &b && !Tree::same_value(a.second, b.second) && !value_eq(a.second, b.second)) v.changed(a, b);
+            ++x;
+            ++y;
+        }
+        for (; x.current_; ++x) v.removed(*x.current_);
+        for (; y.current_; ++y) v.added(*y.current_);
     }
 
 private:
@@ -942,18 +1218,81 @@ public:
         return iterator::equal(t_.root, t_.height, o.t_.root, o.t_.height, eq);
     }
     bool operator==(const persistent_sorted_map& o) const { return equal(o); }
+
+    // What changed from this map to `newer`: visitor.removed(entry) for each key only this map
+    // has, visitor.added(entry) for each key only `newer` has, visitor.changed(old entry, new
+    // entry) for each key whose values are neither the same (Policy::same_value) nor equal
+    // (value_eq), all in key order. Entries have .first and .second. Subtrees the two maps share
+    // are skipped: versions that differ in k keys cost about k log n, whatever their size;
+    // unrelated maps cost one merge walk (O(n + m) comparisons). Keys are compared with Compare
+    // (a key the policy calls identical is the same key without asking). Read-only: whatever
+    // throws (Compare, value_eq, the visitor) leaves both maps as they were.
+    template <class Visitor, class ValueEqual = std::equal_to<V>>
+    void diff(const persistent_sorted_map& newer, Visitor&& visitor, ValueEqual value_eq = ValueEqual()) const {
+        iterator::diff(t_.root, t_.height, newer.t_.root, newer.t_.height, value_eq, visitor);
+    }
     bool operator!=(const persistent_sorted_map& o) const { return !equal(o); }
     // Whether both are the very same version, in O(1).
     bool identical(const persistent_sorted_map& o) const noexcept { return t_.root == o.t_.root; }
 
     transient_type transient() const { return transient_type(*this); }
 
-    // Builds through a transient; later duplicates win, like repeated assignment.
+    // Builds from entries in any order; later duplicates win, like repeated assignment. Input
+    // that can be read twice (forward iterators) and already ascends strictly (checked: n - 1
+    // comparisons, stopping at the first pair out of order) is built in O(n) by from_sorted;
+    // anything else through a transient, O(n log n).
     template <class InputIt>
     static persistent_sorted_map from_range(InputIt first, InputIt last) {
+        using category = typename std::iterator_traits<InputIt>::iterator_category;
+        if constexpr (std::is_base_of<std::forward_iterator_tag, category>::value) {
+            size_type count = 0;
+            bool ascending = true;
+            for (InputIt prev = first, it = first; it != last; prev = it, ++it, ++count) {
+                if (count > 0 && !tree_type::less(prev->first, it->first)) {
+                    ascending = false;
+                    break;
+                }
+            }
+            if (ascending) return from_sorted_n(first, count);
+        }
         transient_type t;
         for (; first != last; ++first) t.set(first->first, first->second);
         return t.persistent();
+    }
+
+    // A map of the `count` entries read in order from `first` (with .first and .second), in O(n)
+    // and without a comparison: the keys must already ascend strictly under Compare. That is not
+    // checked (use from_range to check it); keys out of order give a valid tree whose lookups
+    // may miss them, as an inconsistent comparator would. Every node is as full as an even
+    // spread allows.
+    template <class It>
+    static persistent_sorted_map from_sorted_n(It first, size_type count) {
+        return persistent_sorted_map(tree_type::build_sorted(first, count, 0));
+    }
+    template <class ForwardIt>
+    static persistent_sorted_map from_sorted(ForwardIt first, ForwardIt last) {
+        return from_sorted_n(first, static_cast<size_type>(std::distance(first, last)));
+    }
+
+    // A new map of the entries with lo <= key < hi (a null bound is open); this very map when the
+    // range is all of it. The new map shares every subtree wholly inside the range: after the
+    // two O(log n) searches for the bounds, it builds O(log^2 n) nodes and counts the entries
+    // leaf by leaf (O(m / 16) for m entries), comparing nothing.
+    persistent_sorted_map subseq(const K* lo, const K* hi) const {
+        const range_type r = range(lo, hi);
+        if (r.empty()) return persistent_sorted_map();
+        const bool from_start = r.begin() == begin(), to_end = r.end() == end();
+        if (from_start && to_end) return *this;
+        unsigned from[tree_type::max_height + 1], to[tree_type::max_height + 1];
+        r.begin().position(from);
+        r.end().position(to);
+        tree_parts out;
+        out.size = r.begin().count_to(r.end());
+        typename tree_type::piece p;
+        tree_type::slice(t_.root, t_.height, from_start ? nullptr : from, to_end ? nullptr : to, p);
+        out.height = p.height;
+        out.root = p.hand_over();
+        return persistent_sorted_map(out);
     }
 
     // Low-level access for bindings, atomic cells and tests.

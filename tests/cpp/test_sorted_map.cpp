@@ -29,6 +29,9 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <cstdio>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -1024,6 +1027,473 @@ TEST(SortedMapThreads, SixteenThreadsShareAndDeriveVersions) {
     }
     EXPECT_EQ(atomic_tracking_policy::live_nodes.load(), 0);
     EXPECT_EQ(atomic_tracking_policy::net_retained.load(), 0);
+}
+
+// ---- diff ------------------------------------------------------------------------------------
+
+// What a diff reported, in the order reported.
+struct diff_log {
+    std::vector<std::pair<int, int>> added, removed;
+    std::vector<std::tuple<int, int, int>> changed;  // key, old value, new value
+    std::vector<int> order;                          // every key reported, in order
+    bool operator==(const diff_log& o) const {
+        return added == o.added && removed == o.removed && changed == o.changed;
+    }
+};
+
+template <class Id>
+struct diff_recorder {
+    diff_log& log;
+    Id id;
+    template <class E>
+    void added(const E& e) {
+        log.added.emplace_back(id(e.first), id(e.second));
+        log.order.push_back(id(e.first));
+    }
+    template <class E>
+    void removed(const E& e) {
+        log.removed.emplace_back(id(e.first), id(e.second));
+        log.order.push_back(id(e.first));
+    }
+    template <class E>
+    void changed(const E& a, const E& b) {
+        EXPECT_EQ(id(a.first), id(b.first));
+        log.changed.emplace_back(id(a.first), id(a.second), id(b.second));
+        log.order.push_back(id(a.first));
+    }
+};
+struct int_id {
+    int operator()(int k) const { return k; }
+};
+struct tkey_id {
+    int operator()(const tkey& k) const { return k.id; }
+};
+
+diff_log brute_force_diff(const model_t& a, const model_t& b) {
+    diff_log r;
+    for (const auto& [k, v] : a) {
+        auto it = b.find(k);
+        if (it == b.end()) r.removed.emplace_back(k, v);
+        else if (it->second != v) r.changed.emplace_back(k, v, it->second);
+    }
+    for (const auto& [k, v] : b) {
+        if (!a.count(k)) r.added.emplace_back(k, v);
+    }
+    return r;
+}
+
+template <class Map>
+::testing::AssertionResult diff_matches(const Map& a, const model_t& ma, const Map& b, const model_t& mb) {
+    diff_log got;
+    a.diff(b, diff_recorder<int_id>{got, {}});
+    const diff_log want = brute_force_diff(ma, mb);
+    if (!(got == want)) {
+        return ::testing::AssertionFailure() << "diff differs: added " << got.added.size() << "/" << want.added.size()
+                                             << ", removed " << got.removed.size() << "/" << want.removed.size()
+                                             << ", changed " << got.changed.size() << "/" << want.changed.size();
+    }
+    if (!std::is_sorted(got.order.begin(), got.order.end()) ||
+        std::adjacent_find(got.order.begin(), got.order.end()) != got.order.end()) {
+        return ::testing::AssertionFailure() << "not reported once each in key order";
+    }
+    return ::testing::AssertionSuccess();
+}
+
+// Random versions against a brute-force diff of their models: versions derived from each other
+// by random edits (persistent and transient, few and many: shared subtrees, other heights), and
+// versions built apart (other shapes, nothing shared), both ways round.
+TEST_F(SortedMapTest, DiffMatchesBruteForce) {
+    std::mt19937 rng(31);
+    for (int round = 0; round < 120; ++round) {
+        const int n = static_cast<int>(rng() % (round < 60 ? 80u : 20000u));
+        const int universe = std::max(16, n * 2);
+        model_t ma;
+        itransient ta;
+        for (int i = 0; i < n; ++i) {
+            const int k = static_cast<int>(rng() % static_cast<unsigned>(universe)), v = static_cast<int>(rng() % 4);
+            ta.set(k, v);
+            ma[k] = v;
+        }
+        const imap a = ta.persistent();
+        model_t mb = ma;
+        imap b = a;
+        const unsigned how = rng() % 5;
+        if (how < 3) {  // derived: a few edits, or many (other heights), persistently or not
+            const int edits = static_cast<int>(how == 0 ? rng() % 4 : how == 1 ? rng() % 40 : rng() % (3u * n + 50u));
+            itransient tb = a.transient();
+            const bool transient = rng() % 2;
+            for (int i = 0; i < edits; ++i) {
+                const int k = static_cast<int>(rng() % static_cast<unsigned>(universe + universe / 4));
+                if (rng() % 3 == 0) {
+                    if (transient) tb.erase(k); else b = b.erase(k);
+                    mb.erase(k);
+                } else {
+                    const int v = static_cast<int>(rng() % 4);
+                    if (transient) tb.set(k, v); else b = b.set(k, v);
+                    mb[k] = v;
+                }
+            }
+            if (transient) b = tb.persistent();
+        } else {  // built apart: the same entries in another order, or other entries
+            mb.clear();
+            const bool same = how == 3;
+            if (same) {
+                mb = ma;
+            } else {
+                for (int i = 0; i < n; ++i) {
+                    const int k = static_cast<int>(rng() % static_cast<unsigned>(universe));
+                    mb[k] = static_cast<int>(rng() % 4);
+                }
+            }
+            b = imap();
+            for (auto it = mb.rbegin(); it != mb.rend(); ++it) b = b.set(it->first, it->second);
+        }
+        ASSERT_TRUE(matches(b, mb));
+        ASSERT_TRUE(diff_matches(a, ma, b, mb)) << "round " << round << " how " << how;
+        ASSERT_TRUE(diff_matches(b, mb, a, ma)) << "round " << round << " how " << how;
+        ASSERT_TRUE(diff_matches(a, ma, a, ma));
+        ASSERT_TRUE(diff_matches(imap(), model_t(), b, mb));
+        ASSERT_TRUE(diff_matches(b, mb, imap(), model_t()));
+    }
+}
+
+// Key comparisons and value comparisons, counted.
+struct counting_less {
+    static inline long calls = 0;
+    bool operator()(int a, int b) const {
+        ++calls;
+        return a < b;
+    }
+};
+using counted_map = persistent_sorted_map<int, int, counting_less, tracking_policy>;
+
+// Two versions of a million entries that differ in k keys (changed, removed and added in
+// equal parts, spread over the key range) are diffed with O(k) comparisons: only the leaves on
+// the k changed paths are merged, everything else is skipped by pointer. The same edits on a
+// map 100 times smaller cost about as many comparisons; unrelated maps cost a full merge.
+TEST_F(SortedMapTest, DiffCostGrowsWithTheChangesNotTheSize) {
+    auto make = [](int n) {
+        counted_map::transient_type t;
+        for (int i = 0; i < n; ++i) t.set(2 * i, i);
+        return t.persistent();
+    };
+    auto edited = [](const counted_map& m, int n, int k) {
+        counted_map o = m;
+        for (int i = 0; i < k; ++i) o = o.set(2 * ((i * 7919 + 1) % n), -1);        // changed
+        for (int i = 0; i < k; ++i) o = o.erase(2 * ((i * 104729 + 5) % n));        // removed
+        for (int i = 0; i < k; ++i) o = o.set(2 * ((i * 15485863 + 3) % n) + 1, 1);  // added
+        return o;
+    };
+    auto cost = [](const counted_map& a, const counted_map& b, diff_log& log) {
+        counting_less::calls = 0;
+        counting_equal::calls = 0;
+        a.diff(b, diff_recorder<int_id>{log, {}}, counting_equal());
+        return counting_less::calls + counting_equal::calls;
+    };
+    const int big = 1000000, small = 10000;
+    const counted_map m = make(big);
+    ASSERT_GE(m.height(), 3u);
+    for (int k : {0, 1, 10}) {
+        const counted_map o = edited(m, big, k);
+        diff_log log;
+        const long c = cost(m, o, log);
+        EXPECT_EQ(log.added.size() + log.removed.size() + log.changed.size(), static_cast<std::size_t>(3 * k));
+        EXPECT_EQ(log.changed.size(), static_cast<std::size_t>(k));
+        // At most 3k changed leaves (a change may also redistribute with a neighbour: count 3
+        // leaves each), merged at <= 2 comparisons per entry of 2 leaves of <= 32 entries.
+        EXPECT_LE(c, 3L * k * 3 * 2 * 2 * 32) << k << " changes in " << big;
+        const counted_map ms = make(small);
+        diff_log small_log;
+        const long cs = cost(ms, edited(ms, small, k), small_log);
+        EXPECT_LE(c, 2 * cs + 200) << "a million entries cost about as much as ten thousand";
+        if (k == 10) {
+            std::printf("diff of 1M-entry versions differing in %d keys: %ld comparisons (10K entries: %ld)\n",
+                        3 * k, c, cs);
+        }
+    }
+    // Unrelated trees (the same entries built apart): a merge of every entry.
+    counted_map apart;
+    {
+        counted_map::transient_type t;
+        for (int i = small - 1; i >= 0; --i) t.set(2 * i, i);
+        apart = t.persistent();
+    }
+    const counted_map ms = make(small);
+    diff_log log;
+    const long c = cost(ms, apart, log);
+    EXPECT_TRUE(log.added.empty() && log.removed.empty() && log.changed.empty());
+    EXPECT_GE(c, small) << "built apart, nothing is shared";
+}
+
+// Compare (and copies: none happen) may throw at every point: nothing changes, nothing leaks,
+// and once it completes, the diff is right. A visitor that throws likewise.
+TEST_F(SortedMapExceptions, DiffWithAThrowingComparator) {
+    const std::map<int, int> ma = xmodel(0, 3000, 3);
+    const xmap a = xbuild(ma);
+    std::map<int, int> mb = ma;
+    xmap b = a;
+    for (int k : {0, 1, 300, 301, 1500, 2999, 4000}) {
+        b = b.set(tkey(k), value_for(k, 1));
+        mb[k] = value_for(k, 1).id;
+    }
+    for (int k : {3, 6, 9, 12, 1200, 1203}) {
+        b = b.erase(tkey(k));
+        mb.erase(k);
+    }
+    const diff_log want = brute_force_diff(model_t(ma.begin(), ma.end()), model_t(mb.begin(), mb.end()));
+    auto intact = [&] {
+        ASSERT_TRUE(holds(a, ma));
+        ASSERT_TRUE(holds(b, mb));
+    };
+    diff_log got;
+    struct value_equal {
+        bool operator()(const tkey& x, const tkey& y) const { return x.id == y.id; }
+    };
+    const long failures = sweep(
+        [&] {
+            got = diff_log();
+            a.diff(b, diff_recorder<tkey_id>{got, {}}, value_equal());
+        },
+        intact);
+    EXPECT_GT(failures, 50);
+    EXPECT_TRUE(got == want);
+    struct throwing_visitor {
+        int left;
+        void tick() {
+            if (--left == 0) throw std::runtime_error("visitor");
+        }
+        void added(const xmap::value_type&) { tick(); }
+        void removed(const xmap::value_type&) { tick(); }
+        void changed(const xmap::value_type&, const xmap::value_type&) { tick(); }
+    };
+    for (int n = 1; n <= 5; ++n) {
+        EXPECT_THROW(a.diff(b, throwing_visitor{n}, value_equal()), std::runtime_error);
+        intact();
+    }
+}
+
+// ---- bulk building and subseq ----------------------------------------------------------------
+
+// from_sorted at every size around the fill boundaries (one leaf, two, a full level, one more):
+// valid trees (the checker's fill bounds), every entry in order, and updatable afterwards.
+TEST_F(SortedMapTest, FromSortedBuildsValidTreesAtEverySize) {
+    std::vector<std::size_t> sizes;
+    for (std::size_t n = 0; n <= 70; ++n) sizes.push_back(n);
+    for (std::size_t n : {511u, 512u, 513u, 1023u, 1024u, 1025u, 1056u, 1057u, 16384u, 32767u, 32768u, 32769u,
+                          100000u}) {
+        sizes.push_back(n);
+    }
+    for (std::size_t n : sizes) {
+        std::vector<std::pair<int, int>> items;
+        model_t model;
+        for (std::size_t i = 0; i < n; ++i) {
+            items.emplace_back(static_cast<int>(3 * i), static_cast<int>(i));
+            model[static_cast<int>(3 * i)] = static_cast<int>(i);
+        }
+        const imap m = imap::from_sorted(items.begin(), items.end());
+        ASSERT_TRUE(matches(m, model)) << n;
+        const imap r = imap::from_range(items.begin(), items.end());  // ascending: the same build
+        ASSERT_TRUE(matches(r, model)) << n;
+        ASSERT_EQ(r.height(), m.height());
+        if (n > 0) {
+            model[1] = -1;
+            model.erase(static_cast<int>(3 * (n / 2)));
+            ASSERT_TRUE(matches(m.set(1, -1).erase(static_cast<int>(3 * (n / 2))), model)) << n;
+            itransient t = m.transient();
+            t.set(1, -1);
+            t.erase(static_cast<int>(3 * (n / 2)));
+            ASSERT_TRUE(matches(t.persistent(), model)) << n;
+        }
+    }
+}
+
+// An input iterator (the category says: read once) over pairs.
+struct read_once {
+    using iterator_category = std::input_iterator_tag;
+    using value_type = std::pair<int, int>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const value_type*;
+    using reference = const value_type&;
+    const value_type* p;
+    reference operator*() const { return *p; }
+    pointer operator->() const { return p; }
+    read_once& operator++() {
+        ++p;
+        return *this;
+    }
+    bool operator!=(const read_once& o) const { return p != o.p; }
+    bool operator==(const read_once& o) const { return p == o.p; }
+};
+
+// from_range: input out of order, or with duplicates (later ones win), goes through a
+// transient; input iterators (read once) too.
+TEST_F(SortedMapTest, FromRangeAnyOrder) {
+    std::mt19937 rng(8);
+    for (int round = 0; round < 40; ++round) {
+        std::vector<std::pair<int, int>> items;
+        model_t model;
+        const int n = static_cast<int>(rng() % 3000);
+        for (int i = 0; i < n; ++i) {
+            const int k = static_cast<int>(rng() % 2000), v = static_cast<int>(rng());
+            items.emplace_back(k, v);
+            model[k] = v;
+        }
+        if (round % 3 == 0) {  // ascending, with duplicates
+            std::sort(items.begin(), items.end());
+            model.clear();
+            for (const auto& [k, v] : items) model[k] = v;
+        }
+        ASSERT_TRUE(matches(imap::from_range(items.begin(), items.end()), model));
+        ASSERT_TRUE(matches(imap::from_range(read_once{items.data()}, read_once{items.data() + items.size()}), model));
+    }
+}
+
+// subseq(lo, hi) against the model's range, on random maps and bounds; the whole range is the
+// same map.
+TEST_F(SortedMapTest, SubseqMatchesTheRange) {
+    std::mt19937 rng(17);
+    for (int round = 0; round < 60; ++round) {
+        const int n = static_cast<int>(rng() % (round < 30 ? 100u : 40000u));
+        model_t model;
+        itransient t;
+        for (int i = 0; i < n; ++i) {
+            const int k = static_cast<int>(rng() % static_cast<unsigned>(4 * n + 4)), v = static_cast<int>(rng());
+            t.set(k, v);
+            model[k] = v;
+        }
+        const imap m = t.persistent();
+        for (int q = 0; q < 8; ++q) {
+            const int a = static_cast<int>(rng() % static_cast<unsigned>(4 * n + 8)) - 2;
+            const int b = static_cast<int>(rng() % static_cast<unsigned>(4 * n + 8)) - 2;
+            const bool open_lo = rng() % 5 == 0, open_hi = rng() % 5 == 0;
+            const imap sub = m.subseq(open_lo ? nullptr : &a, open_hi ? nullptr : &b);
+            model_t want;
+            for (const auto& [k, v] : model) {
+                if ((open_lo || k >= a) && (open_hi || k < b)) want[k] = v;
+            }
+            ASSERT_TRUE(matches(sub, want)) << "round " << round;
+        }
+        EXPECT_TRUE(m.subseq(nullptr, nullptr).identical(m));
+    }
+}
+
+// subseq on maps of many shapes (bulk built: full nodes; random inserts; thinned by erases:
+// half-full nodes, so joins merge and even out) and sizes, at many bounds: valid trees holding
+// exactly the range, which stay usable.
+TEST_F(SortedMapTest, SubseqOnEveryShape) {
+    std::mt19937 rng(23);
+    for (int round = 0; round < 90; ++round) {
+        const int n = round < 30 ? round * 3 : static_cast<int>(rng() % 12000);
+        model_t model;
+        imap m;
+        if (round % 3 == 0) {
+            model = range_model(0, 2 * n, 2);
+            std::vector<std::pair<int, int>> items(model.begin(), model.end());
+            m = imap::from_sorted(items.begin(), items.end());
+        } else {
+            itransient t;
+            for (int i = 0; i < n; ++i) {
+                const int k = static_cast<int>(rng() % static_cast<unsigned>(2 * n + 2));
+                t.set(k, i);
+                model[k] = i;
+            }
+            if (round % 3 == 2) {  // thin it out: erases that leave nodes half full
+                for (auto it = model.begin(); it != model.end();) {
+                    if (rng() % 3 != 0) {
+                        t.erase(it->first);
+                        it = model.erase(it);
+                    } else {
+                        ++it;
+                    }
+                }
+            }
+            m = t.persistent();
+        }
+        ASSERT_TRUE(well_formed(m));
+        for (int q = 0; q < 40; ++q) {
+            const int a = static_cast<int>(rng() % static_cast<unsigned>(2 * n + 6)) - 2;
+            const int b = q % 4 == 0 ? a + static_cast<int>(rng() % 80)
+                                     : static_cast<int>(rng() % static_cast<unsigned>(2 * n + 6)) - 2;
+            const imap sub = m.subseq(&a, &b);
+            model_t want;
+            for (auto it = model.lower_bound(a); it != model.end() && it->first < b; ++it) want.insert(*it);
+            ASSERT_TRUE(matches(sub, want)) << "round " << round << " [" << a << ", " << b << ")";
+            if (!want.empty() && q % 8 == 0) {
+                want.erase(want.begin());
+                want[-5] = 5;
+                ASSERT_TRUE(matches(sub.erase(sub.first()->first).set(-5, 5), want));
+            }
+        }
+    }
+}
+
+// subseq shares every subtree wholly inside the range: a slice of a 100K-entry map costs a few
+// dozen new nodes, whatever its length, and joins pieces of every height.
+TEST_F(SortedMapTest, SubseqSharesTheInterior) {
+    const imap m = build(range_model(0, 100000));
+    ASSERT_GE(m.height(), 3u);
+    std::mt19937 rng(4);
+    long most = 0;
+    for (int q = 0; q < 300; ++q) {
+        int a = static_cast<int>(rng() % 100002) - 1, b = static_cast<int>(rng() % 100002) - 1;
+        if (q % 3 == 0) b = a + static_cast<int>(rng() % 2000);  // short ranges: pieces of every height
+        const long before = tracking_policy::live_nodes;
+        const imap sub = m.subseq(&a, &b);
+        const long fresh = tracking_policy::live_nodes - before;
+        most = std::max(most, fresh);
+        EXPECT_LE(fresh, 4L * (m.height() + 1) * (m.height() + 1)) << a << ".." << b;
+        ASSERT_TRUE(well_formed(sub));
+        const std::size_t want = a < b ? static_cast<std::size_t>(std::min(b, 100000) - std::max(a, 0)) : 0;
+        ASSERT_EQ(sub.size(), a < b && b > 0 && a < 100000 ? want : 0u) << a << ".." << b;
+        if (sub.size() > 0) {
+            EXPECT_EQ(sub.first()->first, std::max(a, 0));
+            EXPECT_EQ(sub.last()->first, std::min(b, 100000) - 1);
+        }
+    }
+    std::printf("subseq of a 100K-entry map of height %u: at most %ld new nodes\n", m.height(), most);
+}
+
+// A key or value copy, or an allocation, that throws while building leaves nothing behind.
+TEST_F(SortedMapExceptions, FromSortedAndSubseqReleaseEverythingOnFailure) {
+    for (int n : {0, 1, 40, 1100, 5000}) {
+        std::vector<std::pair<tkey, tkey>> items;
+        std::map<int, int> model;
+        for (int i = 0; i < n; ++i) {
+            items.emplace_back(tkey(2 * i), value_for(2 * i));
+            model[2 * i] = value_for(2 * i).id;
+        }
+        std::optional<xmap> built;
+        sweep([&] { built.emplace(xmap::from_sorted(items.begin(), items.end())); }, [] {});
+        ASSERT_TRUE(built && holds(*built, model)) << n;
+        const xmap& m = *built;
+        auto intact = [&] { ASSERT_TRUE(holds(m, model)); };
+        const tkey lo(n / 3), hi(n + n / 2);
+        std::map<int, int> want(model.lower_bound(n / 3), model.lower_bound(n + n / 2));
+        std::optional<xmap> sub;
+        const long failures = sweep([&] { sub.emplace(m.subseq(&lo, &hi)); }, intact);
+        ASSERT_TRUE(sub && holds(*sub, want)) << n;
+        if (n >= 40) EXPECT_GT(failures, 10);
+    }
+    // A map thinned out by erases (nodes about half full): slices whose joins merge nodes.
+    std::map<int, int> model = xmodel(0, 9000, 1);
+    xtransient t = xbuild(model).transient();
+    for (int k = 0; k < 9000; ++k) {
+        if (k % 3 != 0) {
+            t.erase(tkey(k));
+            model.erase(k);
+        }
+    }
+    const xmap thin = t.persistent();
+    auto intact = [&] { ASSERT_TRUE(holds(thin, model)); };
+    std::mt19937 rng(2);
+    for (int q = 0; q < 12; ++q) {
+        const int a = static_cast<int>(rng() % 9000), b = a + static_cast<int>(rng() % (q % 2 ? 300 : 9000));
+        const tkey lo(a), hi(b);
+        std::map<int, int> want(model.lower_bound(a), model.lower_bound(b));
+        std::optional<xmap> sub;
+        sweep([&] { sub.emplace(thin.subseq(&lo, &hi)); }, intact);
+        ASSERT_TRUE(sub && holds(*sub, want)) << a << ".." << b;
+    }
 }
 
 }  // namespace
