@@ -1472,7 +1472,9 @@ TEST_F(SortedMapExceptions, FromSortedAndSubseqReleaseEverythingOnFailure) {
         std::optional<xmap> sub;
         const long failures = sweep([&] { sub.emplace(m.subseq(&lo, &hi)); }, intact);
         ASSERT_TRUE(sub && holds(*sub, want)) << n;
-        if (n >= 40) EXPECT_GT(failures, 10);
+        if (n >= 40) {
+            EXPECT_GT(failures, 10);
+        }
     }
     // A map thinned out by erases (nodes about half full): slices whose joins merge nodes.
     std::map<int, int> model = xmodel(0, 9000, 1);
