@@ -15,6 +15,8 @@ Operations, on a map of SIZE int keys (inserted in random order):
   insert      build the map by one persistent set per key (ours set, 2.0 assoc; SortedDict: sd[k] = v)
   build_t     bulk build: ours through a transient (t[k] = v); 2.0 from_dict(dict); SortedDict(pairs)
   lookup      m[k] for random present keys
+  lookup_str  m[k] on a map of SIZE str keys "user:%08d" (built in bulk, as build_t), random present
+              keys (the stored key objects themselves, as a program that reads its own keys does)
   range       the keys lo <= k < lo + 100 as a list, per query (ours list(m.irange(lo, hi,
               (True, False))); 2.0 m.subseq(lo, hi).keys_list(); SortedDict list(sd.irange(...)))
   subseq      m.subseq(lo, lo + 100): a new map of 100 entries, per query (ours and 2.0)
@@ -42,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 LIBS = ["ours", "pypi-2.0", "sorteddict"]
-OPS = ["insert", "build_t", "lookup", "range", "subseq", "iterate"]
+OPS = ["insert", "build_t", "lookup", "lookup_str", "range", "subseq", "iterate"]
 SPAN = 100  # keys per range query
 
 
@@ -151,6 +153,17 @@ def worker(lib: str, size: int, pypi_so: Optional[str], rounds: int, ops: List[s
             return len(probes)
 
         out["lookup"] = best(run_lookup, rounds)
+    if "lookup_str" in ops and api.get("build_t"):
+        names = [f"user:{k:08d}" for k in keys]
+        by_name = api["build_t"]([(name, k) for name, k in zip(names, keys)])
+        name_probes = [names[i] for i in probes]
+
+        def run_lookup_str() -> int:
+            for k in name_probes:
+                by_name[k]
+            return len(name_probes)
+
+        out["lookup_str"] = best(run_lookup_str, rounds)
     if "range" in ops:
         rangef = api["range"]
         assert len(rangef(m, starts[0], starts[0] + SPAN)) == min(SPAN, size)

@@ -311,6 +311,80 @@ def test_large_maps_against_the_model(keys):
     check(m, d)
 
 
+# Exact ints that fit in 64 bits are compared by an inline copy of their value; every other key
+# (bigger ints, floats, bools, int subclasses) by Python's `<`. The two must agree on one order.
+BOUNDARY_INTS = [0, 1, -1, 2**30, -(2**30), 2**31, 2**62, 2**63 - 1, 2**63, 2**64, 2**100,
+                 -(2**63) + 1, -(2**63), -(2**63) - 1, -(2**64), -(2**100)]
+
+
+class Offset(int):
+    """An int subclass: never inlined, ordered as its int value."""
+
+
+def test_inline_ints_order_like_python_across_int64_boundaries_and_numeric_kinds():
+    numbers = BOUNDARY_INTS + [0.5, -0.5, 9.3e18, -9.3e18, 1.9e19, float("inf"), float("-inf"),
+                               Offset(3), Offset(-(2**63) + 5), Offset(2**64 + 1), 2**63 - 2]
+    for order in (numbers, numbers[::-1], sorted(numbers, key=repr)):
+        m = S.from_dict({k: repr(k) for k in order})
+        assert list(m) == sorted(numbers)
+        for k in numbers:
+            assert m[k] == repr(k) and k in m
+            assert m.floor(k) == (k, repr(k)) and m.ceiling(k) == (k, repr(k))
+        for probe in (2**63 - 1.5, -(2**63) - 0.5, 2**63 + 1, Offset(2**63), -(2**63) + 2):
+            assert m.floor(probe) == max(((k, repr(k)) for k in numbers if k <= probe), default=None)
+            assert m.ceiling(probe) == min(((k, repr(k)) for k in numbers if k >= probe), default=None)
+        lo, hi = -(2**63), 2**63
+        assert list(m[lo:hi]) == [k for k in sorted(numbers) if lo <= k < hi]
+        assert list(m.delete(2**63 - 1).delete(-(2**63))) == [k for k in sorted(numbers) if k not in (2**63 - 1, -(2**63))]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(BOUNDARY_INTS), st.integers(-(2**64), 2**64), st.floats(allow_nan=False)),
+                max_size=200))
+def test_mixed_ints_and_floats_against_the_model(keys):
+    d = {}
+    for k in keys:
+        d.setdefault(k, repr(k))  # the first of equal keys (1, 1.0) stays, as in the map
+    m = S()
+    for k in keys:
+        if k not in m:
+            m = m.set(k, d[k])
+    assert list(m.items()) == sorted(d.items(), key=lambda kv: kv[0])
+    check(m, d)
+
+
+# Latin-1 strs compare their bytes inline, eight at a time; other strs through CPython.
+KEY_CHARS = "ab\0\x7f\x80\xe9\xff\u0100\u20ac\U0001f600"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(KEY_CHARS), max_size=20), max_size=120),
+       st.lists(st.text(alphabet=st.sampled_from(KEY_CHARS), max_size=20), max_size=20))
+def test_str_keys_order_like_python(keys, probes):
+    prefix = "user:000"  # a long shared prefix: the bytes after it decide
+    keys = keys + [prefix + k for k in keys[::2]]
+    d = {k: k.upper() for k in keys}
+    m = S()
+    for k in keys:
+        m = m.set(k, d[k])
+    check(m, d)
+    ordered = sorted(d)
+    for probe in probes + [prefix + p for p in probes]:
+        below = [k for k in ordered if k <= probe]
+        above = [k for k in ordered if k >= probe]
+        assert m.floor(probe) == ((below[-1], d[below[-1]]) if below else None)
+        assert m.ceiling(probe) == ((above[0], d[above[0]]) if above else None)
+
+
+def test_str_keys_that_differ_around_each_eight_byte_word():
+    base = "0123456789abcdefghij"
+    keys = {base[:n] for n in range(len(base) + 1)}
+    keys |= {base[:i] + c + base[i + 1:] for i in range(len(base)) for c in ("\0", "\xff", "\u20ac")}
+    m = S.from_dict({k: len(k) for k in keys})
+    assert list(m) == sorted(keys)
+    assert all(m[k] == len(k) for k in keys)
+
+
 # ---- hostile keys: raising, inconsistent and unorderable -------------------------------------------
 
 

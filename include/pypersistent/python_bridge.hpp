@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <type_traits>
 #include <utility>
@@ -245,10 +246,39 @@ struct object_less {
             } else if (ta == &PyFloat_Type) {
                 return PyFloat_AS_DOUBLE(a) < PyFloat_AS_DOUBLE(b);
             } else if (ta == &PyUnicode_Type) {
-                return PyUnicode_Compare(a, b) < 0;  // two strs: cannot fail
+                return str_less(a, b);
             }
         }
         return call_lt(a, b);
+    }
+
+    // memcmp's sign, inline: keys are short, and a call into the C library costs more than
+    // comparing them eight bytes at a time.
+    static int compare_bytes(const Py_UCS1* a, const Py_UCS1* b, std::size_t n) noexcept {
+        std::size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            std::uint64_t x, y;
+            std::memcpy(&x, a + i, 8);
+            std::memcpy(&y, b + i, 8);
+            if (x != y) break;  // the bytes below decide
+        }
+        for (; i < n; ++i) {
+            if (a[i] != b[i]) return a[i] < b[i] ? -1 : 1;
+        }
+        return 0;
+    }
+
+    // Two exact strs. Latin-1 strs (one byte per code point: nearly every key) compare their
+    // bytes, whose order is the code points'; others go through PyUnicode_Compare, which cannot
+    // fail on two strs.
+    static bool str_less(PyObject* a, PyObject* b) noexcept {
+        if (PyUnicode_KIND(a) == PyUnicode_1BYTE_KIND && PyUnicode_KIND(b) == PyUnicode_1BYTE_KIND) {
+            const Py_ssize_t la = PyUnicode_GET_LENGTH(a), lb = PyUnicode_GET_LENGTH(b);
+            const int c = compare_bytes(PyUnicode_1BYTE_DATA(a), PyUnicode_1BYTE_DATA(b),
+                                        static_cast<std::size_t>(la < lb ? la : lb));
+            return c != 0 ? c < 0 : la < lb;
+        }
+        return PyUnicode_Compare(a, b) < 0;
     }
 
 private:
@@ -281,9 +311,54 @@ private:
     }
 };
 
+// A key as PersistentSortedDict's B+-tree stores it: the key object and, for an exact int that
+// fits in 64 bits, a copy of its value. A lookup makes about log2(n) comparisons, each against a
+// stored key; when both sides carry their value, the comparison reads only the node being
+// searched, not the key object, so a descent through a large map costs one cache miss per level
+// instead of one per comparison. Any other pair compares through object_less, so the order is
+// Python's `<` either way (exact ints compare by value there too).
+struct sorted_key {
+    // The marker for "no inline value": an int equal to INT64_MIN simply is not inlined.
+    static constexpr std::int64_t not_inline = INT64_MIN;
+    PyObject* object;
+    std::int64_t value;
+    // Implicit: every key a caller passes in (a probe, a new key) is a PyObject*.
+    sorted_key(PyObject* o) noexcept : object(o), value(inline_value(o)) {}
+    bool has_inline_value() const noexcept { return value != not_inline; }
+
+private:
+    static std::int64_t inline_value(PyObject* o) noexcept {
+        if (!PyLong_CheckExact(o)) return not_inline;
+#if PY_VERSION_HEX >= 0x030C0000
+        PyLongObject* v = reinterpret_cast<PyLongObject*>(o);
+        if (PyUnstable_Long_IsCompact(v)) return static_cast<std::int64_t>(PyUnstable_Long_CompactValue(v));
+#endif
+        int overflow = 0;
+        const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);  // cannot fail on an exact int
+        return overflow ? not_inline : static_cast<std::int64_t>(v);
+    }
+};
+
+struct sorted_key_less {
+    bool operator()(const sorted_key& a, const sorted_key& b) const {
+        if (a.has_inline_value() && b.has_inline_value()) return a.value < b.value;
+        return object_less{}(a.object, b.object);
+    }
+};
+
+// object_policy, extended to sorted_key (its object is the reference the tree holds).
+struct sorted_object_policy : object_policy {
+    using object_policy::identical_key;
+    using object_policy::release;
+    using object_policy::retain;
+    static void retain(const sorted_key& k) noexcept { Py_INCREF(k.object); }
+    static void release(const sorted_key& k) noexcept { deferred_releases::release(k.object); }
+    static constexpr bool identical_key(const sorted_key& a, const sorted_key& b) noexcept { return a.object == b.object; }
+};
+
 // PersistentSortedDict's B+-tree over the same policy (strong references, deferred releases),
 // ordered by Python's `<`.
-using object_sorted_map = pypersistent::persistent_sorted_map<PyObject*, PyObject*, object_less, object_policy>;
+using object_sorted_map = pypersistent::persistent_sorted_map<sorted_key, PyObject*, sorted_key_less, sorted_object_policy>;
 using object_sorted_transient = object_sorted_map::transient_type;
 using object_sorted_tree = object_sorted_map::tree_type;
 
