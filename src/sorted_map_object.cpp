@@ -87,12 +87,12 @@ struct sorted_node_traits {
         if (n.height == 0) {
             const sorted_entry* es = object_sorted_tree::entries(n.node);
             for (unsigned i = 0; i < c; ++i) {
-                Py_VISIT(es[i].first.object);
+                Py_VISIT(es[i].first.object());
                 Py_VISIT(es[i].second);
             }
         } else {
             const sorted_key* ks = object_sorted_tree::seps(n.node);
-            for (unsigned i = 0; i + 1 < c; ++i) Py_VISIT(ks[i].object);
+            for (unsigned i = 0; i + 1 < c; ++i) Py_VISIT(ks[i].object());
         }
         return 0;
     }
@@ -148,7 +148,7 @@ PyObject* iterate_all(PyObject* map, view_kind kind, bool reverse) {
     return make_sorted_iterator(map, m.begin(), m.end(), kind, reverse);
 }
 
-PyObject* pair_of(const sorted_entry& e) { return PyTuple_Pack(2, e.first.object, e.second); }
+PyObject* pair_of(const sorted_entry& e) { return PyTuple_Pack(2, e.first.object(), e.second); }
 
 // ---- filling from Python input ----------------------------------------------------------------
 
@@ -273,7 +273,7 @@ Py_hash_t sorted_hash(PyObject* self) {
     if (Py_EnterRecursiveCall(" while hashing a PersistentSortedDict")) return -1;
     std::uint64_t acc = 0x345678u + m->map.size() * 0x9E3779B97F4A7C15ull;
     for (const auto& e : m->map) {
-        const Py_hash_t hk = PyObject_Hash(e.first.object);
+        const Py_hash_t hk = PyObject_Hash(e.first.object());
         const Py_hash_t hv = hk == -1 ? -1 : PyObject_Hash(e.second);
         if (hv == -1) {
             Py_LeaveRecursiveCall();
@@ -312,7 +312,7 @@ truth sorted_equals(SortedObject* a, PyObject* other, bool& comparable) {
     if (other_len < 0) return truth::error;
     if (static_cast<std::size_t>(other_len) != a->map.size()) return truth::no;
     for (const auto& e : a->map) {
-        PyObject* theirs = PyObject_GetItem(other, e.first.object);
+        PyObject* theirs = PyObject_GetItem(other, e.first.object());
         if (!theirs) {
             if (PyErr_ExceptionMatches(PyExc_KeyError)) {
                 PyErr_Clear();
@@ -344,7 +344,7 @@ PyObject* sorted_repr(PyObject* self) {
     if (parts) {
         bool ok = true;
         for (const auto& e : as_sorted(self)->map) {
-            PyObject* piece = PyUnicode_FromFormat("%R: %R", e.first.object, e.second);
+            PyObject* piece = PyUnicode_FromFormat("%R: %R", e.first.object(), e.second);
             if (!piece || PyList_Append(parts, piece) < 0) ok = false;
             Py_XDECREF(piece);
             if (!ok) break;
@@ -450,7 +450,7 @@ PyObject* sorted_list(PyObject* self, Make make) {
 
 PyObject* sorted_items_list(PyObject* self, PyObject*) { return sorted_list(self, pair_of); }
 PyObject* sorted_keys_list(PyObject* self, PyObject*) {
-    return sorted_list(self, [](const sorted_entry& e) { return Py_NewRef(e.first.object); });
+    return sorted_list(self, [](const sorted_entry& e) { return Py_NewRef(e.first.object()); });
 }
 PyObject* sorted_values_list(PyObject* self, PyObject*) {
     return sorted_list(self, [](const sorted_entry& e) { return Py_NewRef(e.second); });
@@ -460,7 +460,7 @@ PyObject* sorted_dict(PyObject* self, PyObject*) {
     PyObject* d = PyDict_New();
     if (!d) return nullptr;
     for (const auto& e : as_sorted(self)->map) {
-        if (PyDict_SetItem(d, e.first.object, e.second) < 0) {
+        if (PyDict_SetItem(d, e.first.object(), e.second) < 0) {
             Py_DECREF(d);
             return nullptr;
         }
@@ -766,7 +766,7 @@ PyObject* siter_next(PyObject* self) {
     if (it->cursor != it->stop) {
         if (it->reverse) --it->cursor;
         const sorted_entry& entry = *it->cursor;
-        if (kind != view_kind::values) key = Py_NewRef(entry.first.object);
+        if (kind != view_kind::values) key = Py_NewRef(entry.first.object());
         if (kind != view_kind::keys) value = Py_NewRef(entry.second);
         if (!it->reverse) ++it->cursor;
     }

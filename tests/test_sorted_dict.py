@@ -353,7 +353,8 @@ def test_mixed_ints_and_floats_against_the_model(keys):
     check(m, d)
 
 
-# Latin-1 strs compare their bytes inline, eight at a time; other strs through CPython.
+# Latin-1 strs carry their first eight bytes inline and compare the rest eight bytes at a time;
+# other strs compare through CPython. Shared prefixes, zero bytes and short keys must all agree with `<`.
 KEY_CHARS = "ab\0\x7f\x80\xe9\xff\u0100\u20ac\U0001f600"
 
 

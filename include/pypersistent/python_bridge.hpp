@@ -311,38 +311,69 @@ private:
     }
 };
 
-// A key as PersistentSortedDict's B+-tree stores it: the key object and, for an exact int that
-// fits in 64 bits, a copy of its value. A lookup makes about log2(n) comparisons, each against a
-// stored key; when both sides carry their value, the comparison reads only the node being
-// searched, not the key object, so a descent through a large map costs one cache miss per level
-// instead of one per comparison. Any other pair compares through object_less, so the order is
-// Python's `<` either way (exact ints compare by value there too).
-struct sorted_key {
-    // The marker for "no inline value": an int equal to INT64_MIN simply is not inlined.
-    static constexpr std::int64_t not_inline = INT64_MIN;
-    PyObject* object;
-    std::int64_t value;
+// A key as PersistentSortedDict's B+-tree stores it: the key object and, for the two kinds of key
+// nearly every sorted map holds, 64 bits that decide most comparisons without reading the key
+// object: an exact int that fits in 64 bits carries its value; a latin-1 str (one byte per code
+// point) its first eight bytes, big-endian and zero-padded, so that two different prefixes order
+// the strs as `<` does (equal prefixes decide nothing: the strs are compared whole). A lookup
+// makes about log2(n) comparisons, each against a stored key: decided inline, a descent through a
+// large map costs one cache miss per level instead of one per comparison. The kind of the 64 bits
+// lives in the low bits of the object pointer (objects are at least 8-byte aligned), so a key
+// stays two words. Any other pair of keys compares through object_less: the order is Python's `<`.
+class sorted_key {
+public:
+    enum kind : std::uintptr_t { other = 0, exact_int = 1, latin1_prefix = 2 };
+
     // Implicit: every key a caller passes in (a probe, a new key) is a PyObject*.
-    sorted_key(PyObject* o) noexcept : object(o), value(inline_value(o)) {}
-    bool has_inline_value() const noexcept { return value != not_inline; }
+    sorted_key(PyObject* o) noexcept : tagged_(reinterpret_cast<std::uintptr_t>(o)), bits_(0) {
+        if (PyLong_CheckExact(o)) {
+            if (int64_of(o, bits_)) tagged_ |= exact_int;
+        } else if (PyUnicode_CheckExact(o) && PyUnicode_KIND(o) == PyUnicode_1BYTE_KIND) {
+            bits_ = static_cast<std::int64_t>(prefix_of(PyUnicode_1BYTE_DATA(o), PyUnicode_GET_LENGTH(o)));
+            tagged_ |= latin1_prefix;
+        }
+    }
+    PyObject* object() const noexcept { return reinterpret_cast<PyObject*>(tagged_ & ~kind_mask); }
+    kind key_kind() const noexcept { return static_cast<kind>(tagged_ & kind_mask); }
+    std::int64_t int_value() const noexcept { return bits_; }
+    std::uint64_t prefix() const noexcept { return static_cast<std::uint64_t>(bits_); }
+    bool same_object(const sorted_key& other) const noexcept { return tagged_ == other.tagged_; }
 
 private:
-    static std::int64_t inline_value(PyObject* o) noexcept {
-        if (!PyLong_CheckExact(o)) return not_inline;
+    static constexpr std::uintptr_t kind_mask = 3;
+    std::uintptr_t tagged_;
+    std::int64_t bits_;
+
+    static bool int64_of(PyObject* o, std::int64_t& out) noexcept {
 #if PY_VERSION_HEX >= 0x030C0000
         PyLongObject* v = reinterpret_cast<PyLongObject*>(o);
-        if (PyUnstable_Long_IsCompact(v)) return static_cast<std::int64_t>(PyUnstable_Long_CompactValue(v));
+        if (PyUnstable_Long_IsCompact(v)) {
+            out = static_cast<std::int64_t>(PyUnstable_Long_CompactValue(v));
+            return true;
+        }
 #endif
         int overflow = 0;
         const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);  // cannot fail on an exact int
-        return overflow ? not_inline : static_cast<std::int64_t>(v);
+        out = static_cast<std::int64_t>(v);
+        return overflow == 0;
+    }
+    static std::uint64_t prefix_of(const Py_UCS1* s, Py_ssize_t length) noexcept {
+        std::uint64_t p = 0;
+        const Py_ssize_t n = length < 8 ? length : 8;
+        for (Py_ssize_t i = 0; i < 8; ++i) p = (p << 8) | (i < n ? s[i] : 0u);
+        return p;
     }
 };
+static_assert(alignof(PyObject) >= 4, "sorted_key keeps its kind in the low bits of an object pointer");
 
 struct sorted_key_less {
     bool operator()(const sorted_key& a, const sorted_key& b) const {
-        if (a.has_inline_value() && b.has_inline_value()) return a.value < b.value;
-        return object_less{}(a.object, b.object);
+        const sorted_key::kind k = a.key_kind();
+        if (k == b.key_kind()) {
+            if (k == sorted_key::exact_int) return a.int_value() < b.int_value();
+            if (k == sorted_key::latin1_prefix && a.prefix() != b.prefix()) return a.prefix() < b.prefix();
+        }
+        return object_less{}(a.object(), b.object());
     }
 };
 
@@ -351,9 +382,9 @@ struct sorted_object_policy : object_policy {
     using object_policy::identical_key;
     using object_policy::release;
     using object_policy::retain;
-    static void retain(const sorted_key& k) noexcept { Py_INCREF(k.object); }
-    static void release(const sorted_key& k) noexcept { deferred_releases::release(k.object); }
-    static constexpr bool identical_key(const sorted_key& a, const sorted_key& b) noexcept { return a.object == b.object; }
+    static void retain(const sorted_key& k) noexcept { Py_INCREF(k.object()); }
+    static void release(const sorted_key& k) noexcept { deferred_releases::release(k.object()); }
+    static bool identical_key(const sorted_key& a, const sorted_key& b) noexcept { return a.same_object(b); }
 };
 
 // PersistentSortedDict's B+-tree over the same policy (strong references, deferred releases),
