@@ -273,12 +273,20 @@ struct object_less {
     // fail on two strs.
     static bool str_less(PyObject* a, PyObject* b) noexcept {
         if (PyUnicode_KIND(a) == PyUnicode_1BYTE_KIND && PyUnicode_KIND(b) == PyUnicode_1BYTE_KIND) {
-            const Py_ssize_t la = PyUnicode_GET_LENGTH(a), lb = PyUnicode_GET_LENGTH(b);
-            const int c = compare_bytes(PyUnicode_1BYTE_DATA(a), PyUnicode_1BYTE_DATA(b),
-                                        static_cast<std::size_t>(la < lb ? la : lb));
-            return c != 0 ? c < 0 : la < lb;
+            return latin1_less(a, b, 0);
         }
         return PyUnicode_Compare(a, b) < 0;
+    }
+    // Two latin-1 strs whose first `same` bytes (of the shorter one's) are known to be equal.
+    static bool latin1_less(PyObject* a, PyObject* b, std::size_t same) noexcept {
+        const std::size_t la = static_cast<std::size_t>(PyUnicode_GET_LENGTH(a));
+        const std::size_t lb = static_cast<std::size_t>(PyUnicode_GET_LENGTH(b));
+        const std::size_t common = la < lb ? la : lb;
+        if (common > same) {
+            const int c = compare_bytes(PyUnicode_1BYTE_DATA(a) + same, PyUnicode_1BYTE_DATA(b) + same, common - same);
+            if (c != 0) return c < 0;
+        }
+        return la < lb;
     }
 
 private:
@@ -371,7 +379,11 @@ struct sorted_key_less {
         const sorted_key::kind k = a.key_kind();
         if (k == b.key_kind()) {
             if (k == sorted_key::exact_int) return a.int_value() < b.int_value();
-            if (k == sorted_key::latin1_prefix && a.prefix() != b.prefix()) return a.prefix() < b.prefix();
+            if (k == sorted_key::latin1_prefix) {
+                // Equal prefixes: the first eight bytes (or all of the shorter str) are the same.
+                return a.prefix() != b.prefix() ? a.prefix() < b.prefix()
+                                                : object_less::latin1_less(a.object(), b.object(), 8);
+            }
         }
         return object_less{}(a.object(), b.object());
     }
