@@ -13,9 +13,10 @@ Libraries (a column is skipped when its library cannot be loaded):
 Operations, on a map of SIZE int keys (inserted in random order):
 
   insert      build the map by one persistent set per key (ours set, 2.0 assoc; SortedDict: sd[k] = v)
-  build_t     bulk build: ours through a transient (t[k] = v); 2.0 from_dict(dict); SortedDict(pairs)
+  build       bulk build from a list of pairs: ours PersistentSortedDict(pairs); 2.0 from_dict(dict(pairs));
+              SortedDict(pairs)
   lookup      m[k] for random present keys
-  lookup_str  m[k] on a map of SIZE str keys "user:%08d" (built in bulk, as build_t), random present
+  lookup_str  m[k] on a map of SIZE str keys "user:%08d" (built in bulk, as build), random present
               keys (the stored key objects themselves, as a program that reads its own keys does)
   range       the keys lo <= k < lo + 100 as a list, per query (ours list(m.irange(lo, hi,
               (True, False))); 2.0 m.subseq(lo, hi).keys_list(); SortedDict list(sd.irange(...)))
@@ -44,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 LIBS = ["ours", "pypi-2.0", "sorteddict"]
-OPS = ["insert", "build_t", "lookup", "lookup_str", "range", "subseq", "iterate"]
+OPS = ["insert", "build", "lookup", "lookup_str", "range", "subseq", "iterate"]
 SPAN = 100  # keys per range query
 
 
@@ -68,14 +69,8 @@ def load(lib: str, pypi_so: Optional[str]) -> Dict[str, Any]:
     if lib == "ours":
         from pypersistent import PersistentSortedDict as S
 
-        def build_t(pairs: List[Any]) -> Any:
-            t = S().transient()
-            for k, v in pairs:
-                t[k] = v
-            return t.persistent()
-
         return dict(
-            empty=S, insert=lambda m, k, v: m.set(k, v), build_t=build_t,
+            empty=S, insert=lambda m, k, v: m.set(k, v), build=S,
             range=lambda m, lo, hi: list(m.irange(lo, hi, (True, False))),
             subseq=lambda m, lo, hi: m.subseq(lo, hi), items=lambda m: m.items(),
         )
@@ -88,7 +83,7 @@ def load(lib: str, pypi_so: Optional[str]) -> Dict[str, Any]:
         spec.loader.exec_module(mod)  # type: ignore[union-attr]
         S2 = mod.PersistentSortedDict
         return dict(
-            empty=S2, insert=lambda m, k, v: m.assoc(k, v), build_t=lambda pairs: S2.from_dict(dict(pairs)),
+            empty=S2, insert=lambda m, k, v: m.assoc(k, v), build=lambda pairs: S2.from_dict(dict(pairs)),
             range=lambda m, lo, hi: m.subseq(lo, hi).keys_list(),
             subseq=lambda m, lo, hi: m.subseq(lo, hi), items=lambda m: m.items(),
         )
@@ -100,7 +95,7 @@ def load(lib: str, pypi_so: Optional[str]) -> Dict[str, Any]:
             return m
 
         return dict(
-            empty=SortedDict, insert=insert, build_t=SortedDict,
+            empty=SortedDict, insert=insert, build=SortedDict,
             range=lambda m, lo, hi: list(m.irange(lo, hi, inclusive=(True, False))),
             subseq=None, items=lambda m: m.items(),
         )
@@ -143,8 +138,8 @@ def worker(lib: str, size: int, pypi_so: Optional[str], rounds: int, ops: List[s
             return size
 
         out["insert"] = best(run_insert, rounds)
-    if "build_t" in ops and api.get("build_t"):
-        out["build_t"] = best(lambda: (api["build_t"](pairs), size)[1], rounds)
+    if "build" in ops and api.get("build"):
+        out["build"] = best(lambda: (api["build"](pairs), size)[1], rounds)
     if "lookup" in ops:
 
         def run_lookup() -> int:
@@ -153,9 +148,9 @@ def worker(lib: str, size: int, pypi_so: Optional[str], rounds: int, ops: List[s
             return len(probes)
 
         out["lookup"] = best(run_lookup, rounds)
-    if "lookup_str" in ops and api.get("build_t"):
+    if "lookup_str" in ops and api.get("build"):
         names = [f"user:{k:08d}" for k in keys]
-        by_name = api["build_t"]([(name, k) for name, k in zip(names, keys)])
+        by_name = api["build"]([(name, k) for name, k in zip(names, keys)])
         name_probes = [names[i] for i in probes]
 
         def run_lookup_str() -> int:

@@ -466,6 +466,62 @@ def test_a_raising_lt_leaves_every_map_unchanged():
         Key.fail_at = -1
 
 
+@pytest.mark.thread_unsafe  # Key's counters are class-wide
+def test_a_raising_lt_while_building_in_bulk_propagates_and_leaks_nothing():
+    keys = [Key(n) for n in random.Random(3).sample(range(1000), 300)]
+    source = {k: str(k.n) for k in keys}
+    before = [sys.getrefcount(k) for k in keys]
+    raised = 0
+    try:
+        for fail_at in list(range(1, 40)) + list(range(40, 3000, 97)):
+            Key.calls, Key.fail_at = 0, fail_at
+            try:
+                S(source)
+            except Boom:
+                raised += 1
+        Key.fail_at = -1
+        assert raised > 30
+        assert [sys.getrefcount(k) for k in keys] == before
+        m = S(source)
+        assert [k.n for k in m] == sorted(k.n for k in keys) and all(m[k] == str(k.n) for k in keys)
+    finally:
+        Key.fail_at = -1
+
+
+def test_bulk_builds_keep_the_last_of_equal_keys_and_let_keywords_win():
+    pairs = [(3, "a"), (1, "b"), (3, "c"), (2, "d"), (1.0, "e"), (True, "f"), (0, "g")]
+    assert S(pairs).items() == dict(pairs).items()
+    assert list(S(pairs)) == [0, 1, 2, 3] and type(next(iter(S(pairs).irange(1, 2)))) is int
+    assert S({"b": 1, "a": 2}, a=3, c=4) == {"a": 3, "b": 1, "c": 4}
+    assert list(S((k, k) for k in reversed(range(500)))) == list(range(500))
+
+
+class Emptier:
+    """A key whose < empties the dict being read and drops every other reference to the keys."""
+
+    source: dict = {}
+
+    def __init__(self, n):
+        self.n = n
+
+    def __lt__(self, other):
+        Emptier.source.clear()
+        gc.collect()
+        return self.n < other.n
+
+
+@pytest.mark.thread_unsafe  # Emptier.source is class-wide
+def test_a_lt_that_drops_the_source_while_building_in_bulk():
+    Emptier.source = {Emptier(n): [n] for n in random.Random(4).sample(range(100), 40)}
+    probe = weakref.ref(next(iter(Emptier.source)))
+    m = S(Emptier.source)
+    assert len(m) == 40 and [k.n for k in m] == sorted(k.n for k in m) and all(v == [k.n] for k, v in m.items())
+    assert probe() is not None  # the map holds the keys
+    del m
+    gc.collect()
+    assert probe() is None
+
+
 class Chaos:
     """A key whose < answers at random (and sometimes raises)."""
 
