@@ -353,7 +353,7 @@ def test_mixed_ints_and_floats_against_the_model(keys):
     check(m, d)
 
 
-# Latin-1 strs carry their first eight bytes inline and compare the rest eight bytes at a time;
+# Latin-1 strs carry their first sixteen bytes inline and compare the rest eight bytes at a time;
 # other strs compare through CPython. Shared prefixes, zero bytes and short keys must all agree with `<`.
 KEY_CHARS = "ab\0\x7f\x80\xe9\xff\u0100\u20ac\U0001f600"
 
@@ -362,7 +362,8 @@ KEY_CHARS = "ab\0\x7f\x80\xe9\xff\u0100\u20ac\U0001f600"
 @given(st.lists(st.text(alphabet=st.sampled_from(KEY_CHARS), max_size=20), max_size=120),
        st.lists(st.text(alphabet=st.sampled_from(KEY_CHARS), max_size=20), max_size=20))
 def test_str_keys_order_like_python(keys, probes):
-    prefix = "user:000"  # a long shared prefix: the bytes after it decide
+    prefix = "user:000"  # shared prefixes, the first word's and both words': the bytes after them decide
+    keys = keys + ["user:0000000000" + k for k in keys[1::3]]
     keys = keys + [prefix + k for k in keys[::2]]
     d = {k: k.upper() for k in keys}
     m = S()
@@ -370,7 +371,7 @@ def test_str_keys_order_like_python(keys, probes):
         m = m.set(k, d[k])
     check(m, d)
     ordered = sorted(d)
-    for probe in probes + [prefix + p for p in probes]:
+    for probe in probes + [prefix + p for p in probes] + ["user:0000000000" + p for p in probes]:
         below = [k for k in ordered if k <= probe]
         above = [k for k in ordered if k >= probe]
         assert m.floor(probe) == ((below[-1], d[below[-1]]) if below else None)

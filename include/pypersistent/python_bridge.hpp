@@ -333,24 +333,30 @@ public:
     enum kind : std::uintptr_t { other = 0, exact_int = 1, latin1_prefix = 2 };
 
     // Implicit: every key a caller passes in (a probe, a new key) is a PyObject*.
-    sorted_key(PyObject* o) noexcept : tagged_(reinterpret_cast<std::uintptr_t>(o)), bits_(0) {
+    sorted_key(PyObject* o) noexcept : tagged_(reinterpret_cast<std::uintptr_t>(o)), bits_(0), more_bits_(0) {
         if (PyLong_CheckExact(o)) {
             if (int64_of(o, bits_)) tagged_ |= exact_int;
         } else if (PyUnicode_CheckExact(o) && PyUnicode_KIND(o) == PyUnicode_1BYTE_KIND) {
-            bits_ = static_cast<std::int64_t>(prefix_of(PyUnicode_1BYTE_DATA(o), PyUnicode_GET_LENGTH(o)));
+            const Py_UCS1* s = PyUnicode_1BYTE_DATA(o);
+            const Py_ssize_t length = PyUnicode_GET_LENGTH(o);
+            bits_ = static_cast<std::int64_t>(eight_bytes_of(s, length, 0));
+            more_bits_ = eight_bytes_of(s, length, 8);
             tagged_ |= latin1_prefix;
         }
     }
     PyObject* object() const noexcept { return reinterpret_cast<PyObject*>(tagged_ & ~kind_mask); }
     kind key_kind() const noexcept { return static_cast<kind>(tagged_ & kind_mask); }
     std::int64_t int_value() const noexcept { return bits_; }
+    // A latin-1 str's bytes 0-7 and 8-15.
     std::uint64_t prefix() const noexcept { return static_cast<std::uint64_t>(bits_); }
+    std::uint64_t prefix_rest() const noexcept { return more_bits_; }
     bool same_object(const sorted_key& other) const noexcept { return tagged_ == other.tagged_; }
 
 private:
     static constexpr std::uintptr_t kind_mask = 3;
     std::uintptr_t tagged_;
     std::int64_t bits_;
+    std::uint64_t more_bits_;
 
     static bool int64_of(PyObject* o, std::int64_t& out) noexcept {
 #if PY_VERSION_HEX >= 0x030C0000
@@ -365,10 +371,17 @@ private:
         out = static_cast<std::int64_t>(v);
         return overflow == 0;
     }
-    static std::uint64_t prefix_of(const Py_UCS1* s, Py_ssize_t length) noexcept {
+    // Bytes from..from+7, big-endian, zero past the end.
+    static std::uint64_t eight_bytes_of(const Py_UCS1* s, Py_ssize_t length, Py_ssize_t from) noexcept {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (from + 8 <= length) {
+            std::uint64_t word;
+            std::memcpy(&word, s + from, 8);
+            return __builtin_bswap64(word);
+        }
+#endif
         std::uint64_t p = 0;
-        const Py_ssize_t n = length < 8 ? length : 8;
-        for (Py_ssize_t i = 0; i < 8; ++i) p = (p << 8) | (i < n ? s[i] : 0u);
+        for (Py_ssize_t i = from; i < from + 8; ++i) p = (p << 8) | (i < length ? s[i] : 0u);
         return p;
     }
 };
@@ -380,9 +393,10 @@ struct sorted_key_less {
         if (k == b.key_kind()) {
             if (k == sorted_key::exact_int) return a.int_value() < b.int_value();
             if (k == sorted_key::latin1_prefix) {
-                // Equal prefixes: the first eight bytes (or all of the shorter str) are the same.
-                return a.prefix() != b.prefix() ? a.prefix() < b.prefix()
-                                                : object_less::latin1_less(a.object(), b.object(), 8);
+                // Equal prefixes: the first sixteen bytes (or all of the shorter str) are the same.
+                if (a.prefix() != b.prefix()) return a.prefix() < b.prefix();
+                if (a.prefix_rest() != b.prefix_rest()) return a.prefix_rest() < b.prefix_rest();
+                return object_less::latin1_less(a.object(), b.object(), 16);
             }
         }
         return object_less{}(a.object(), b.object());
