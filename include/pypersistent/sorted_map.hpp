@@ -617,10 +617,27 @@ struct sorted_btree {
         p.n[0] = n;
     }
 
+    // Asks for every cache line of a node a search is about to read: a binary search's probes
+    // land on different lines one after the other, each waiting for the last; fetched together,
+    // a node costs about one memory round trip instead of one per probe.
+    static void prefetch_node(const node* n, unsigned level) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+        const char* p = reinterpret_cast<const char*>(n);
+        const std::size_t bytes = level == 0 ? leaf_bytes(n->count) : inner_bytes(n->count);
+        for (std::size_t off = 64; off < bytes; off += 64) __builtin_prefetch(p + off);
+#else
+        (void)n;
+        (void)level;
+#endif
+    }
+
     static const entry_type* find(const tree& t, const K& key) {
         if (!t.root) return nullptr;
         const node* n = t.root;
-        for (unsigned l = t.height; l > 0; --l) n = children(n)[child_index(n, key)];
+        for (unsigned l = t.height; l > 0; --l) {
+            n = children(n)[child_index(n, key)];
+            prefetch_node(n, l - 1);
+        }
         const unsigned pos = leaf_lower_bound(n, key);
         return matches(n, pos, key) ? entries(n) + pos : nullptr;
     }
