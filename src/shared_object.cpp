@@ -597,7 +597,8 @@ PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
         const neutral_value* v;
         const conv r = find_value(m->map, key, &v, true);
         if (v) {
-            result = m->state->shared_values.get(*v, [m](const neutral_value& x) { return to_python(x, m->state); });
+            result = m->state->shared_values.get(*v, m->map.size(),
+                                                 [m](const neutral_value& x) { return to_python(x, m->state); });
             failed = result == nullptr;
         }
         return r;

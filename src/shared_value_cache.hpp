@@ -9,9 +9,9 @@
 //
 // Layout: two direct-mapped tables, allocated on first use. A slot holds a key and a strong
 // reference to the object built for it. A key that misses is cached only when it misses on its
-// slot a second time before another key does (see admit), so that reading a map much larger than
-// the table, where nearly every read misses, does not churn the cache; a map whose values fit the
-// table ends up with all of them cached.
+// slot a second time before another key does (see admit), so that reads spread over more values
+// than the table holds do not churn the cache; a map whose values fit the table ends up with all
+// of them cached. Maps much larger than the table bypass it (max_cached_map_size).
 //   * ints (small_int values outside CPython's own small-int cache): keyed by the value itself,
 //     which identifies the object exactly.
 //   * strs (ASCII, up to max_cached_str_bytes): keyed by the address of the value's str block.
@@ -84,10 +84,17 @@ public:
     shared_value_cache& operator=(const shared_value_cache&) = delete;
     ~shared_value_cache() { clear(); }
 
-    // A new reference to a Python object for v: the cached one when there is one, otherwise
-    // convert(v) (a new reference or nullptr with an error set), remembered when cacheable.
+    // Maps with more entries than this are read without the cache: reads spread over them hit
+    // it too rarely to pay for looking in it (a miss reads a slot that is rarely in the CPU's
+    // cache, on top of the conversion it does anyway).
+    static constexpr std::size_t max_cached_map_size = 2 * slot_count;
+
+    // A new reference to a Python object for v, read from a map of map_size entries: the cached
+    // one when there is one, otherwise convert(v) (a new reference or nullptr with an error
+    // set), remembered when cacheable.
     template <class Convert>
-    PyObject* get(const neutral_value& v, Convert&& convert) {
+    PyObject* get(const neutral_value& v, std::size_t map_size, Convert&& convert) {
+        if (map_size > max_cached_map_size) return convert(v);
         if (v.is_small_int()) {
             const std::int64_t i = v.as_int64();
             if (i >= python_small_int_min && i <= python_small_int_max) return convert(v);
@@ -194,7 +201,7 @@ private:
 class shared_value_cache {
 public:
     template <class Convert>
-    PyObject* get(const neutral_value& v, Convert&& convert) {
+    PyObject* get(const neutral_value& v, std::size_t, Convert&& convert) {
         return convert(v);
     }
     void clear() noexcept {}

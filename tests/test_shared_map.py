@@ -200,6 +200,7 @@ def test_str_and_int_lookups_find_exactly_the_equal_keys():
 # check equality and exact type every time.
 
 _CACHE_SLOTS = 4096  # shared_value_cache::slot_count
+_CACHED_MAP_SIZE = 2 * _CACHE_SLOTS  # shared_value_cache::max_cached_map_size
 
 
 def _cacheable_and_not_values(n: int) -> list:
@@ -215,9 +216,11 @@ def _cacheable_and_not_values(n: int) -> list:
 
 
 def test_looked_up_values_are_equal_and_exactly_typed_through_cache_collisions():
-    # More values than slots: many share a slot, and reading them in different orders evicts
-    # and re-admits them (a key is admitted on its second miss in a row).
-    values = _cacheable_and_not_values(3 * _CACHE_SLOTS)
+    # Nearly as many values of each kind as slots, in a map small enough to use the cache: many
+    # share a slot, and reading them in different orders evicts and re-admits them (a key is
+    # admitted on its second miss in a row).
+    values = _cacheable_and_not_values(_CACHE_SLOTS - 100)
+    assert len(values) <= _CACHED_MAP_SIZE
     m = SharedMap({i: v for i, v in enumerate(values)})
     orders = [list(range(len(values))), list(reversed(range(len(values))))]
     orders.append(sorted(range(len(values)), key=lambda i: (i * 7919) % len(values)))
@@ -230,6 +233,11 @@ def test_looked_up_values_are_equal_and_exactly_typed_through_cache_collisions()
     pair = SharedMap({"a": 100_000, "b": 100_000 + _CACHE_SLOTS})
     for _ in range(50):
         assert pair["a"] == 100_000 and pair["b"] == 100_000 + _CACHE_SLOTS
+    # A map too large for the cache reads the same values as a small one.
+    big = SharedMap({i: f"s{i % 5_000}" if i % 2 else 20_000 + i for i in range(_CACHED_MAP_SIZE + 1)})
+    for i in range(0, _CACHED_MAP_SIZE + 1, 7):
+        got = big[i]
+        assert got == (f"s{i % 5_000}" if i % 2 else 20_000 + i) and type(got) is (str if i % 2 else int)
 
 
 def test_looked_up_strs_stay_right_when_blocks_are_freed_and_reused():
@@ -239,7 +247,7 @@ def test_looked_up_strs_stay_right_when_blocks_are_freed_and_reused():
     import gc
 
     for round_ in range(30):
-        expected = {i: f"{round_ % 10}{i:05d}"[::-1] for i in range(2_000)}
+        expected = {i: f"{round_ % 10}{i:05d}"[::-1] for i in range(2_000 + round_ * 100)}
         m = SharedMap(expected)
         for _ in range(3):  # admitted on the second miss, hit on the third read
             for i, v in expected.items():
