@@ -22,6 +22,8 @@
 
 #include <pypersistent/python_bridge.hpp>
 
+#include "shared_value_cache.hpp"
+
 #if PY_VERSION_HEX < 0x030D0000
 // Critical sections exist from 3.13 on; before, the GIL alone serialises C code.
 #define Py_BEGIN_CRITICAL_SECTION(op) {
@@ -86,6 +88,8 @@ struct module_state {
     // What the _C_API capsule hands to C++ hosts (python_bridge.hpp); filled in module.cpp.
     c_api api{};
     gc_census census;
+    // The objects SharedMap lookups last returned (shared_value_cache.hpp).
+    shared_value_cache shared_values;
 };
 
 struct MapObject {

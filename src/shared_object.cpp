@@ -3,8 +3,10 @@
 //
 // A SharedMap holds a pypersistent::shared_map: keys and values are neutral values (None, bool,
 // int, float, str, bytes, tuples of these, nested maps), which hold no PyObject*, so the nodes
-// belong to no interpreter. Reading converts to fresh Python objects; writing converts Python
-// objects of the exact allowed types (see to_neutral). SharedAtom(name) opens a process-wide
+// belong to no interpreter. Reading converts to fresh Python objects, except that m[k] and get()
+// hand out the interpreter's cached object for a short str or an int they returned before
+// (shared_value_cache.hpp); writing converts Python objects of the exact allowed types (see
+// to_neutral). SharedAtom(name) opens a process-wide
 // named cell (shared_cell_registry.hpp): every interpreter of the process that opens the same
 // name sees the same cell, which is how a map is handed from one interpreter to another in O(1).
 //
@@ -327,30 +329,6 @@ bool str_utf8_fast(PyObject* o, std::string_view* utf8, PyObject** holder) {
     return true;
 }
 
-// a[0..n) == b[0..n) for the short keys of most lookups without a call into libc's memcmp:
-// loads that overlap rather than a loop, and never past either end.
-inline bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
-    auto load8 = [](const char* p) {
-        std::uint64_t v;
-        std::memcpy(&v, p, 8);
-        return v;
-    };
-    auto load4 = [](const char* p) {
-        std::uint32_t v;
-        std::memcpy(&v, p, 4);
-        return v;
-    };
-    if (n >= 8) {
-        if (n > 16) return std::memcmp(a, b, n) == 0;
-        return load8(a) == load8(b) && load8(a + n - 8) == load8(b + n - 8);
-    }
-    if (n >= 4) return load4(a) == load4(b) && load4(a + n - 4) == load4(b + n - 4);
-    for (std::size_t i = 0; i < n; ++i) {
-        if (a[i] != b[i]) return false;
-    }
-    return true;
-}
-
 // The value of an int that fits in 64 bits; false (no error set) if it does not. 3.12+ reads a
 // one-digit int inline; PyLong_AsLongLongAndOverflow is a call that checks the type again.
 bool int64_of(PyObject* o, std::int64_t* out) {
@@ -366,6 +344,14 @@ bool int64_of(PyObject* o, std::int64_t* out) {
     *out = static_cast<std::int64_t>(v);
     return overflow == 0;
 }
+
+// The key tests of the lookup fast path, inlined into the trie walk: GCC otherwise calls them out
+// of line, once per lookup, on the path every m[k] and `k in m` takes.
+#if defined(__GNUC__) || defined(__clang__)
+#define PYPERSISTENT_INLINE_PROBE __attribute__((always_inline))
+#else
+#define PYPERSISTENT_INLINE_PROBE
+#endif
 
 // The value stored under key in map, or nullptr (absent, or a hashable key of a type a
 // SharedMap never holds). Returns conv::error with an error set (an unhashable key).
@@ -383,7 +369,7 @@ conv find_value(const shared_map& map, PyObject* key, const neutral_value** foun
         PyObject* holder;
         if (!str_utf8_fast(key, &utf8, &holder)) return conv::error;
         const hash_t hash = neutral_value::str_hash_of(utf8);
-        const auto* e = map.find_entry_matching(hash, [&](const shared_map::value_type& entry) {
+        const auto* e = map.find_entry_matching(hash, [&](const shared_map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
             if (will_read_value) entry.second.prefetch();
             const neutral_value& k = entry.first;
             if (!k.is_str() || k.str_hash() != hash) return false;
@@ -397,7 +383,7 @@ conv find_value(const shared_map& map, PyObject* key, const neutral_value** foun
     std::int64_t i;
     if (PyLong_CheckExact(key) && int64_of(key, &i)) {
         const neutral_value probe(i);  // inline: no allocation
-        const auto* e = map.find_entry_matching(probe.hash(), [&](const shared_map::value_type& entry) {
+        const auto* e = map.find_entry_matching(probe.hash(), [&](const shared_map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
             const neutral_value& k = entry.first;
             return k.is_small_int() ? k.as_int64() == i : k == probe;
         });
@@ -611,7 +597,8 @@ PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
         const neutral_value* v;
         const conv r = find_value(m->map, key, &v, true);
         if (v) {
-            result = to_python(*v, m->state);
+            result = m->state->shared_values.get(*v, m->map.size(),
+                                                 [m](const neutral_value& x) { return to_python(x, m->state); });
             failed = result == nullptr;
         }
         return r;

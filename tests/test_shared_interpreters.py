@@ -271,3 +271,38 @@ def test_shared_map_passes_through_an_interpreter_queue():
         interp.close()
     assert type(built_there) is SharedMap
     assert len(built_there) == 501 and built_there["from"] == "sub" and built_there[("k", 7)] == 7
+
+
+# ---- the per-interpreter cache of looked-up values (src/shared_value_cache.hpp) ---------------
+
+READ_VALUES = """
+from pypersistent import SharedMap
+m = SharedMap({i: (f"value-{i}" if i % 2 else 10_000 + i) for i in range(N)})
+for _ in range(3):  # values are cached on their second read
+    for i in range(N):
+        assert m[i] == (f"value-{i}" if i % 2 else 10_000 + i) if LOOKUP else i in m
+"""
+
+
+def test_interpreter_teardown_releases_the_cached_values():
+    # An interpreter that read its map's values with m[k] (filling its value cache) must leave
+    # no more allocated blocks behind than one that only asked `k in m` (cache left empty).
+    # sys.getallocatedblocks() counts what destroyed interpreters left allocated too (3.12+),
+    # so a cache that kept its strs and ints would show up as thousands of blocks per interpreter.
+    import gc
+
+    n, interpreters = 3_000, 3
+
+    def growth(lookup: bool) -> int:
+        code = script(READ_VALUES, N=n, LOOKUP=lookup)
+        assert run_in_subinterpreter(code) is None  # warm-up: one-time allocations
+        gc.collect()
+        before = sys.getallocatedblocks()
+        for _ in range(interpreters):
+            result = run_in_subinterpreter(code)
+            assert result is None, result
+        gc.collect()
+        return sys.getallocatedblocks() - before
+
+    without_cache, with_cache = growth(False), growth(True)
+    assert with_cache - without_cache < n // 3, (with_cache, without_cache)

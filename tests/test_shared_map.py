@@ -193,6 +193,82 @@ def test_str_and_int_lookups_find_exactly_the_equal_keys():
     assert SharedMap({2**63: "big"})[2.0**63] == "big" and 2**63 + 1 not in SharedMap({2.0**63: "f"})
 
 
+# ---- the per-interpreter cache of looked-up values (src/shared_value_cache.hpp) ---------------
+# m[k] and get() hand out cached str and int objects: a direct-mapped table keyed by an int's
+# value or a str block's address, whose hits on strs are proven by comparing the characters.
+# These tests read values back through collisions, evictions and freed-and-reused blocks, and
+# check equality and exact type every time.
+
+_CACHE_SLOTS = 4096  # shared_value_cache::slot_count
+_CACHED_MAP_SIZE = 2 * _CACHE_SLOTS  # shared_value_cache::max_cached_map_size
+
+
+def _cacheable_and_not_values(n: int) -> list:
+    """Strs and ints on both sides of every limit of the cache: ASCII up to 64 bytes and longer,
+    non-ASCII, empty and one-character strs, CPython's small ints and ints beyond them."""
+    values: list = []
+    for i in range(n):
+        values.append(f"v{i}")
+        values.append(10_000 + i)
+    values += ["", "a", "x" * 64, "x" * 65, "y" * 63 + "é", "日本", "\ud800", -5, 256, 257, -6, 2**63 - 1, -(2**63)]
+    values += [2**64, 1.5, True, None, b"bytes", ("t", 1)]
+    return values
+
+
+def test_looked_up_values_are_equal_and_exactly_typed_through_cache_collisions():
+    # Nearly as many values of each kind as slots, in a map small enough to use the cache: many
+    # share a slot, and reading them in different orders evicts and re-admits them (a key is
+    # admitted on its second miss in a row).
+    values = _cacheable_and_not_values(_CACHE_SLOTS - 100)
+    assert len(values) <= _CACHED_MAP_SIZE
+    m = SharedMap({i: v for i, v in enumerate(values)})
+    orders = [list(range(len(values))), list(reversed(range(len(values))))]
+    orders.append(sorted(range(len(values)), key=lambda i: (i * 7919) % len(values)))
+    for order in orders:
+        for _ in range(2):
+            for i in order:
+                for got in (m[i], m.get(i), m[i]):
+                    assert got == values[i] and same_typed(got, values[i]), (i, got, values[i])
+    # Alternating between two values of the same slot, over and over.
+    pair = SharedMap({"a": 100_000, "b": 100_000 + _CACHE_SLOTS})
+    for _ in range(50):
+        assert pair["a"] == 100_000 and pair["b"] == 100_000 + _CACHE_SLOTS
+    # A map too large for the cache reads the same values as a small one.
+    big = SharedMap({i: f"s{i % 5_000}" if i % 2 else 20_000 + i for i in range(_CACHED_MAP_SIZE + 1)})
+    for i in range(0, _CACHED_MAP_SIZE + 1, 7):
+        got = big[i]
+        assert got == (f"s{i % 5_000}" if i % 2 else 20_000 + i) and type(got) is (str if i % 2 else int)
+
+
+def test_looked_up_strs_stay_right_when_blocks_are_freed_and_reused():
+    # A cached str is keyed by its block's address; dropping the map frees the blocks, and the
+    # next map's strings (same lengths, other characters) are likely to reuse those addresses.
+    # A hit must then be refused because the characters differ.
+    import gc
+
+    for round_ in range(30):
+        expected = {i: f"{round_ % 10}{i:05d}"[::-1] for i in range(2_000 + round_ * 100)}
+        m = SharedMap(expected)
+        for _ in range(3):  # admitted on the second miss, hit on the third read
+            for i, v in expected.items():
+                got = m[i]
+                assert got == v and type(got) is str, (round_, i, got, v)
+        del m
+        gc.collect()
+
+
+def test_looked_up_values_may_be_shared_but_never_change():
+    m = SharedMap({"k": "value", "n": 123_456})
+    first, again = m["k"], m["k"]
+    assert first == again == "value"  # `first is again` is allowed, not promised
+    s = m["k"]
+    s += "!"  # in-place concatenation must not write into a cached object
+    assert s == "value!" and m["k"] == "value" and first == "value"
+    n = m["n"]
+    n += 1
+    assert m["n"] == 123_456 and n == 123_457
+
+
 def test_bytes_and_str_are_distinct():
     m = SharedMap({"a": 1, b"a": 2})
     assert len(m) == 2 and m["a"] == 1 and m[b"a"] == 2

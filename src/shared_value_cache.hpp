@@ -1,0 +1,212 @@
+// shared_value_cache: the Python objects that SharedMap lookups (m[k], get) last returned, one
+// small table per interpreter (a member of module_state), so that reading the same value again
+// hands out the same object instead of building a new str or int and deallocating it again.
+//
+// A SharedMap's values are neutral values (neutral_value.hpp), not Python objects, so every read
+// has to produce a Python object; strs and ints are immutable, so returning one object for equal
+// values is what CPython's small-int cache and string interning do too (`m[k] is m[k]` may now be
+// true; nothing promises either answer).
+//
+// Layout: two direct-mapped tables, allocated on first use. A slot holds a key and a strong
+// reference to the object built for it. A key that misses is cached only when it misses on its
+// slot a second time before another key does (see admit), so that reads spread over more values
+// than the table holds do not churn the cache; a map whose values fit the table ends up with all
+// of them cached. Maps much larger than the table bypass it (max_cached_map_size).
+//   * ints (small_int values outside CPython's own small-int cache): keyed by the value itself,
+//     which identifies the object exactly.
+//   * strs (ASCII, up to max_cached_str_bytes): keyed by the address of the value's str block.
+//     The cache holds no reference to the block, so the address may meanwhile have been freed
+//     and reused for another string; a hit is therefore proven by content: the cached str's
+//     length and characters must equal the block's bytes. Only compact ASCII strs are cached,
+//     whose characters are their UTF-8, so the comparison is a byte comparison. Long strs are
+//     left out: comparing them costs what copying does, and the table would keep them alive.
+//
+// Thread safety: on GIL builds (including subinterpreters with their own GIL, where each
+// interpreter has its own module_state) the interpreter's GIL serialises every use of its
+// cache. Nothing in a hit or a miss can run Python code or release the GIL (strs and ints have
+// trivial deallocators), and a slot is rewritten before the evicted object is released. On
+// free-threaded builds (Py_GIL_DISABLED) the cache is compiled out: readers on several threads
+// would all write the same slots and reference counts, and fresh objects scale across threads.
+//
+// Lifetime: the cached objects belong to the interpreter whose module_state holds the table;
+// module_state is destroyed by its capsule's destructor while that interpreter still runs,
+// and ~shared_value_cache releases every cached object then. The cached objects are strs and
+// ints, which the cycle collector does not track, so the table needs no traverse or clear slot.
+#pragma once
+
+#include <Python.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include <pypersistent/neutral_value.hpp>
+
+namespace pypersistent::python {
+
+// a[0..n) == b[0..n) for the short strings of most lookups without a call into libc's memcmp:
+// loads that overlap rather than a loop, and never past either end.
+inline bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
+    auto load8 = [](const char* p) {
+        std::uint64_t v;
+        std::memcpy(&v, p, 8);
+        return v;
+    };
+    auto load4 = [](const char* p) {
+        std::uint32_t v;
+        std::memcpy(&v, p, 4);
+        return v;
+    };
+    if (n >= 8) {
+        if (n > 16) return std::memcmp(a, b, n) == 0;
+        return load8(a) == load8(b) && load8(a + n - 8) == load8(b + n - 8);
+    }
+    if (n >= 4) return load4(a) == load4(b) && load4(a + n - 4) == load4(b + n - 4);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (a[i] != b[i]) return false;
+    }
+    return true;
+}
+
+#ifndef Py_GIL_DISABLED
+
+class shared_value_cache {
+public:
+    // Slots per table (a power of two).
+    static constexpr unsigned slot_bits = 12;
+    static constexpr std::size_t slot_count = std::size_t(1) << slot_bits;
+    // Longer strs are converted afresh on every read (see the top of this file).
+    static constexpr std::size_t max_cached_str_bytes = 64;
+
+    shared_value_cache() = default;
+    shared_value_cache(const shared_value_cache&) = delete;
+    shared_value_cache& operator=(const shared_value_cache&) = delete;
+    ~shared_value_cache() { clear(); }
+
+    // Maps with more entries than this are read without the cache: reads spread over them hit
+    // it too rarely to pay for looking in it (a miss reads a slot that is rarely in the CPU's
+    // cache, on top of the conversion it does anyway).
+    static constexpr std::size_t max_cached_map_size = 2 * slot_count;
+
+    // A new reference to a Python object for v, read from a map of map_size entries: the cached
+    // one when there is one, otherwise convert(v) (a new reference or nullptr with an error
+    // set), remembered when cacheable.
+    template <class Convert>
+    PyObject* get(const neutral_value& v, std::size_t map_size, Convert&& convert) {
+        if (map_size > max_cached_map_size) return convert(v);
+        if (v.is_small_int()) {
+            const std::int64_t i = v.as_int64();
+            if (i >= python_small_int_min && i <= python_small_int_max) return convert(v);
+            const auto key = static_cast<std::uint64_t>(i);
+            const std::size_t at = index_of(key);
+            if (!ensure_table(ints_)) return convert(v);
+            const slot& s = ints_.slots[at];
+            if (s.object && s.key == key) return Py_NewRef(s.object);
+            return admit(ints_, at, key, convert(v));
+        }
+        if (v.is_str() && v.str_is_ascii()) {
+            const std::string_view bytes = v.str_view();
+            if (bytes.size() > max_cached_str_bytes) return convert(v);
+            const auto block = reinterpret_cast<std::uint64_t>(bytes.data());
+            const std::size_t at = index_of(block >> 4);  // blocks are at least 16-byte aligned
+            if (!ensure_table(strs_)) return convert(v);
+            const slot& s = strs_.slots[at];
+            if (s.object && s.key == block && holds_ascii(s.object, bytes)) return Py_NewRef(s.object);
+            return admit(strs_, at, block, convert(v));
+        }
+        return convert(v);
+    }
+
+    // Releases every cached object and the tables (a later get allocates them again).
+    void clear() noexcept {
+        for (table* t : {&ints_, &strs_}) {
+            if (!t->slots) continue;
+            for (std::size_t i = 0; i < slot_count; ++i) {
+                PyObject* old = t->slots[i].object;
+                t->slots[i].object = nullptr;
+                Py_XDECREF(old);
+            }
+            std::free(t->slots);
+            t->slots = nullptr;
+            t->candidates = nullptr;
+        }
+    }
+
+private:
+    struct slot {
+        std::uint64_t key;
+        PyObject* object;  // strong; nullptr when empty
+    };
+    // Direct-mapped: a key lives only in slots[index_of(key)]. candidates[i] is the key that
+    // last missed on slots[i] (see admit), kept apart so that hits read 16-byte slots only.
+    struct table {
+        slot* slots = nullptr;
+        std::uint64_t* candidates = nullptr;
+    };
+
+    // CPython returns its own immortal objects for these (PyLong_FromLongLong's small ints).
+    static constexpr std::int64_t python_small_int_min = -5;
+    static constexpr std::int64_t python_small_int_max = 256;
+
+    // The slot of a key. Folding the higher bits onto the low ones keeps runs of consecutive
+    // ints, and blocks allocated one after another, in distinct slots, and spreads strided keys.
+    static std::size_t index_of(std::uint64_t key) noexcept {
+        const std::uint64_t folded = key ^ (key >> slot_bits) ^ (key >> (2 * slot_bits));
+        return static_cast<std::size_t>(folded & (slot_count - 1));
+    }
+
+    // Allocates t on first use (slots and candidates in one block); false if that fails.
+    static bool ensure_table(table& t) noexcept {
+        if (t.slots) return true;
+        void* block = std::calloc(slot_count, sizeof(slot) + sizeof(std::uint64_t));
+        if (!block) return false;
+        t.slots = static_cast<slot*>(block);
+        t.candidates = reinterpret_cast<std::uint64_t*>(t.slots + slot_count);
+        return true;
+    }
+
+    // Whether str (a cached compact ASCII str) has exactly these characters.
+    static bool holds_ascii(PyObject* str, std::string_view bytes) noexcept {
+        return static_cast<std::size_t>(PyUnicode_GET_LENGTH(str)) == bytes.size() &&
+               same_bytes(static_cast<const char*>(PyUnicode_DATA(str)), bytes.data(), bytes.size());
+    }
+
+    // After a miss on s: returns fresh (a new reference, or nullptr) and caches it if its key
+    // missed on this slot twice in a row. A key seen once is only noted as the candidate: in a
+    // map much larger than the table nearly every read misses, and evicting on each of them
+    // would make every miss pay for churning the cache (the evicted object's dealloc lands on
+    // cold memory) with no hits to show for it. The slot is rewritten before the evicted object
+    // is released.
+    static PyObject* admit(table& t, std::size_t at, std::uint64_t key, PyObject* fresh) noexcept {
+        if (!fresh) return nullptr;
+        slot& s = t.slots[at];
+        if (s.object && t.candidates[at] != key) {
+            t.candidates[at] = key;
+            return fresh;
+        }
+        PyObject* old = s.object;
+        s.key = key;
+        s.object = Py_NewRef(fresh);
+        Py_XDECREF(old);
+        return fresh;
+    }
+
+    table ints_;
+    table strs_;
+};
+
+#else  // Py_GIL_DISABLED: no cache (see the top of this file)
+
+class shared_value_cache {
+public:
+    template <class Convert>
+    PyObject* get(const neutral_value& v, std::size_t, Convert&& convert) {
+        return convert(v);
+    }
+    void clear() noexcept {}
+};
+
+#endif
+
+}  // namespace pypersistent::python
