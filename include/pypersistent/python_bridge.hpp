@@ -360,15 +360,15 @@ private:
 
     static bool int64_of(PyObject* o, std::int64_t& out) noexcept {
 #if PY_VERSION_HEX >= 0x030C0000
-        PyLongObject* v = reinterpret_cast<PyLongObject*>(o);
-        if (PyUnstable_Long_IsCompact(v)) {
-            out = static_cast<std::int64_t>(PyUnstable_Long_CompactValue(v));
+        PyLongObject* as_long = reinterpret_cast<PyLongObject*>(o);
+        if (PyUnstable_Long_IsCompact(as_long)) {
+            out = static_cast<std::int64_t>(PyUnstable_Long_CompactValue(as_long));
             return true;
         }
 #endif
         int overflow = 0;
-        const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);  // cannot fail on an exact int
-        out = static_cast<std::int64_t>(v);
+        const long long value = PyLong_AsLongLongAndOverflow(o, &overflow);  // cannot fail on an exact int
+        out = static_cast<std::int64_t>(value);
         return overflow == 0;
     }
     // Bytes from..from+7, big-endian, zero past the end.
