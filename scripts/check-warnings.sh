@@ -15,7 +15,8 @@
 #                  passes "gcc:20,clang:17": both compilers and both standards, in half the
 #                  time; `--long` runs all four.
 # Environment: GXX (default g++), CLANGXX (default clang++), PYTHON (default python3, only to
-# find Python's headers), BUILD_TYPE (default Release: GCC's flow warnings such as
+# find Python's headers), PYTHONS_MORE (more Pythons whose headers python_bridge.hpp is checked
+# against), BUILD_TYPE (default Release: GCC's flow warnings such as
 # -Wmaybe-uninitialized only appear with optimisation).
 # Needs the packages scripts/install-system-deps.sh installs (g++, clang, googletest, ninja and
 # cmake). A missing compiler is an error, not a skip. Exits non-zero if any configuration warns.
@@ -69,23 +70,47 @@ if [ -z "$python_include" ] || [ ! -f "$python_include/Python.h" ]; then
     python_include=""
 fi
 
+# More Pythons whose headers python_bridge.hpp is also checked against (PYTHONS_MORE: executables,
+# space-separated; scripts/test.sh passes its free-threaded 3.13t): its code differs by version
+# (3.12's compact-int API) and build (Py_GIL_DISABLED), and one Python's headers see one variant.
+# Each is checked as "python_bridge.N.hpp" (N from 1) in the summary's header count.
+more_includes=0
+for more_py in ${PYTHONS_MORE:-}; do
+    inc=$("$more_py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+    if [ -z "$inc" ] || [ ! -f "$inc/Python.h" ]; then
+        log "warning: no Python.h found via $more_py; python_bridge.hpp is not checked against it"
+        continue
+    fi
+    more_includes=$((more_includes + 1))
+    export "PYINC_$more_includes=$inc"
+done
+
 headers=()
 for h in include/pypersistent/*.hpp; do headers+=("${h##*/}"); done
 
 # check_headers CXX STD DIR: one -fsyntax-only compile per header, in parallel; prints
 # "<failed> <total>".
 check_headers() {
-    local cxx=$1 std=$2 dir=$3 h
+    local cxx=$1 std=$2 dir=$3 h n
     mkdir -p "$dir/headers"
     rm -f "$dir"/headers/*.log
-    for h in "${headers[@]}"; do
+    for ((n = 1; n <= more_includes; n++)); do
+        printf '#include <pypersistent/python_bridge.hpp>\n' >"$dir/headers/python_bridge.$n.cpp"
+    done
+    {
+        for h in "${headers[@]}"; do echo "$h"; done
+        for ((n = 1; n <= more_includes; n++)); do echo "python_bridge.$n.hpp"; done
+    } | while read -r h; do
         if [ "$h" = python_bridge.hpp ] && [ -z "$python_include" ]; then continue; fi
-        printf '#include <pypersistent/%s>\n' "$h" >"$dir/headers/${h%.hpp}.cpp"
+        [[ $h == python_bridge.*.hpp ]] || printf '#include <pypersistent/%s>\n' "$h" >"$dir/headers/${h%.hpp}.cpp"
         printf '%s\n' "$h"
     done | xargs -P "$jobs" -I{} bash -c '
         h={}; dir=$1; shift
         extra=()
-        [ "$h" = python_bridge.hpp ] && extra=(-isystem "$PYINC")
+        case $h in
+            python_bridge.hpp) extra=(-isystem "$PYINC") ;;
+            python_bridge.*.hpp) n=${h#python_bridge.}; var=PYINC_${n%.hpp}; extra=(-isystem "${!var}") ;;
+        esac
         "$@" "${extra[@]}" "$dir/headers/${h%.hpp}.cpp" >"$dir/headers/${h%.hpp}.log" 2>&1 ||
             mv "$dir/headers/${h%.hpp}.log" "$dir/headers/${h%.hpp}.failed.log"
     ' _ "$dir" "$cxx" "-std=c++$std" "${warn_flags[@]}" -fsyntax-only -I "$root/include"

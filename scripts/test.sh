@@ -55,10 +55,15 @@ fi
 step "C++: warning-free with g++ and clang++ in C++17 and C++20 (-Wall -Wextra -Wpedantic -Werror)"
 if [ "$quick" = 1 ]; then
     echo "skipped (--quick)"
-elif [ "$mode" = long ]; then
-    bash scripts/check-warnings.sh
 else
-    bash scripts/check-warnings.sh --builds gcc:20,clang:17
+    # python_bridge.hpp also against 3.13t's headers (3.12+ and free-threaded code paths).
+    PYTHONS_MORE=$(bash scripts/build-python.sh --print-python --flavour ft)
+    export PYTHONS_MORE
+    if [ "$mode" = long ]; then
+        bash scripts/check-warnings.sh
+    else
+        bash scripts/check-warnings.sh --builds gcc:20,clang:17
+    fi
 fi
 
 step "C++: build, unit tests, short stress (ctest)"
