@@ -320,14 +320,15 @@ private:
 };
 
 // A key as PersistentSortedDict's B+-tree stores it: the key object and, for the two kinds of key
-// nearly every sorted map holds, 64 bits that decide most comparisons without reading the key
+// nearly every sorted map holds, 16 bytes that decide most comparisons without reading the key
 // object: an exact int that fits in 64 bits carries its value; a latin-1 str (one byte per code
-// point) its first eight bytes, big-endian and zero-padded, so that two different prefixes order
-// the strs as `<` does (equal prefixes decide nothing: the strs are compared whole). A lookup
-// makes about log2(n) comparisons, each against a stored key: decided inline, a descent through a
-// large map costs one cache miss per level instead of one per comparison. The kind of the 64 bits
-// lives in the low bits of the object pointer (objects are at least 8-byte aligned), so a key
-// stays two words. Any other pair of keys compares through object_less: the order is Python's `<`.
+// point) its first sixteen bytes, big-endian and zero-padded, so that two different prefixes
+// order the strs as `<` does (equal prefixes decide nothing: the rest of the strs is compared).
+// A lookup makes about log2(n) comparisons, each against a stored key: decided inline, a descent
+// through a large map costs one cache miss per level instead of one per comparison. The kind of
+// the inline bytes lives in the low bits of the object pointer (objects are at least 4-byte
+// aligned), so a key is three words. Any other pair of keys compares through object_less: the
+// order is Python's `<`.
 class sorted_key {
 public:
     enum kind : std::uintptr_t { other = 0, exact_int = 1, latin1_prefix = 2 };
