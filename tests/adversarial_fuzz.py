@@ -310,10 +310,12 @@ class Ctx(fuzz_support.Ctx):
     def __init__(self, st: "State", index: int, seed: int) -> None:
         super().__init__(st, index, seed)
         self.t_added: list = []  # pairs hostile code put into cur_transient
+        self.t_touched = False  # hostile code used cur_transient (reset before a check)
 
     def clear(self) -> None:
         super().clear()
         self.t_added = []
+        self.t_touched = False
 
 
 # --------------------------------------------------------------------------------------
@@ -588,6 +590,8 @@ def reenter(c: Ctx, st: State) -> None:
         if t is None:
             return
         own = t is c.cur_transient
+        if own:
+            c.t_touched = True
         x = rng.randrange(8)
         k = pick_key(c)
         if x <= 1:
@@ -1316,9 +1320,12 @@ def op_transient(c: Ctx, st: State) -> None:
                     unknown_pairs = True
                     attempt(t.update, rng.choice(ts))
         elif x == 9:  # an iterator over a transient is a snapshot
+            c.t_touched = False
             keys = attempt(list, t)
             it = attempt(iter, t)
-            if keys is not FAILED and it is not FAILED:
+            # What it must yield is known only if hostile code (run by gc during list(t), say)
+            # did not edit the transient between list(t) and iter(t).
+            if keys is not FAILED and it is not FAILED and not c.t_touched:
                 snap_check = (it, [id(k) for k in keys], keys)
         else:
             n = attempt(len, t)

@@ -1137,6 +1137,7 @@ def op_set_transient(c: Ctx, st: State) -> None:
     shared = rng.random() < 0.15  # also: touched by hostile code, or fed unknown elements
     if shared:
         reg_add(st, t, rng)  # other threads and hostile code may edit it now
+    registered = shared  # other threads may edit it at any time
     added: list = []
     use_with = rng.random() < 0.3
     if use_with:
@@ -1187,7 +1188,9 @@ def op_set_transient(c: Ctx, st: State) -> None:
         elif x == 9:
             elems = attempt(list, t)
             it = attempt(iter, t)
-            if elems is not FAILED and it is not FAILED:
+            # What the iterator must yield is known only if nothing edited the transient between
+            # list(t) and iter(t): another thread (registered), or hostile code run by this one.
+            if elems is not FAILED and it is not FAILED and not registered and not c.t_touched:
                 snap = (it, [id(y) for y in elems], elems)
         else:
             n = attempt(len, t)
@@ -1570,8 +1573,10 @@ def op_list_transient(c: Ctx, st: State) -> None:
     model = list(v.items)
     exact = True  # the model is exactly the transient's contents
     unknown = False  # shared, or touched by hostile code: elements from elsewhere
+    registered = False  # other threads may edit it at any time
     if rng.random() < 0.15:
         reg_add(st, t, rng)  # shared from now on
+        registered = True
         exact = False
         unknown = True
     added: list = []
@@ -1671,7 +1676,9 @@ def op_list_transient(c: Ctx, st: State) -> None:
         elif x == 11:
             elems = attempt(list, t)
             it = attempt(iter, t)
-            if elems is not FAILED and it is not FAILED:
+            # What the iterator must yield is known only if nothing edited the transient between
+            # list(t) and iter(t): another thread (registered), or hostile code run by this one.
+            if elems is not FAILED and it is not FAILED and not registered and not c.t_touched:
                 snap = (it, [id(y) for y in elems], elems)
         else:
             k = attempt(len, t)

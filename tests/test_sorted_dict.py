@@ -13,6 +13,7 @@ import gc
 import pickle
 import random
 import sys
+import threading
 import tracemalloc
 import weakref
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
@@ -149,17 +150,28 @@ def test_diff():
     assert v2.diff(v1).added == {7: 7}
 
 
-class CountedKey:
-    """An int-like key whose ``<`` calls are counted (not an exact int: no inline fast path)."""
+# Per thread: under pytest-run-parallel several threads run the same test at once.
+_counted = threading.local()
 
-    calls = 0
+
+def counted_calls() -> int:
+    return getattr(_counted, "calls", 0)
+
+
+def reset_counted_calls() -> None:
+    _counted.calls = 0
+
+
+class CountedKey:
+    """An int-like key whose ``<`` calls are counted per thread (not an exact int: no inline fast path)."""
+
     __slots__ = ("v",)
 
     def __init__(self, v):
         self.v = v
 
     def __lt__(self, other):
-        CountedKey.calls += 1
+        _counted.calls = counted_calls() + 1
         return self.v < other.v
 
     def __eq__(self, other):
@@ -173,19 +185,19 @@ def test_diff_skips_shared_subtrees():
     keys = [CountedKey(i) for i in range(0, 40000, 2)]
     v1 = S(zip(keys, range(len(keys))))
     v2 = v1.set(keys[10], "x").delete(keys[15000]).set(CountedKey(20001), "new")
-    CountedKey.calls = 0
+    reset_counted_calls()
     added, removed, changed = v1.diff(v2)
     # Only the changed leaves are merged (a few dozen comparisons each), not 20,000 entries.
-    assert CountedKey.calls < 600
+    assert counted_calls() < 600
     assert [k.v for k in added] == [20001] and [k.v for k in removed] == [30000]
     assert [(k.v, pair) for k, pair in changed.items()] == [(20, (10, "x"))]
     # Built apart from equal (not identical) keys, nothing is shared: a full merge, same answer.
     copies = [CountedKey(k.v) for k in keys]
     v3 = S(zip(reversed(copies), reversed(range(len(keys))))).set(copies[10], "x").delete(copies[15000])
     v3 = v3.set(CountedKey(20001), "new")
-    CountedKey.calls = 0
+    reset_counted_calls()
     d = v1.diff(v3)
-    assert CountedKey.calls >= len(keys)
+    assert counted_calls() >= len(keys)
     assert [k.v for k in d.added] == [20001] and [k.v for k in d.removed] == [30000] and len(d.changed) == 1
 
 
