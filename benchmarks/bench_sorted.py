@@ -40,7 +40,7 @@ import random
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -102,17 +102,35 @@ def load(lib: str, pypi_so: Optional[str]) -> Dict[str, Any]:
     raise ValueError(lib)
 
 
+SAMPLE_NS = 20_000_000  # each timed sample repeats the operations for at least this long
+
+
 def best(f: Callable[[], int], rounds: int) -> float:
-    """ns per op: f() runs the operations and returns how many it ran."""
-    results = []
-    for _ in range(rounds):
+    """ns per op, the best of `rounds` samples: f() runs the operations and returns how many it ran.
+
+    As in bench_peers.py, a sample repeats f() for at least SAMPLE_NS (the first, untimed-for-
+    the-result run calibrates and warms up): a single pass over a small map right after
+    gc.collect() would time cache misses the collector caused, not the operation."""
+
+    def sample(reps: int) -> Tuple[int, int]:
         gc.collect()
         gc.disable()
-        t0 = time.perf_counter_ns()
-        n = f()
-        t1 = time.perf_counter_ns()
-        gc.enable()
-        results.append((t1 - t0) / n)
+        try:
+            t0 = time.perf_counter_ns()
+            n = 0
+            for _ in range(reps):
+                n += f()
+            t1 = time.perf_counter_ns()
+        finally:
+            gc.enable()
+        return t1 - t0, n
+
+    dt, n = sample(1)
+    reps = max(1, -(-SAMPLE_NS // max(dt, 1)))
+    results = [dt / n] if reps == 1 else []
+    while len(results) < rounds:
+        dt, n = sample(reps)
+        results.append(dt / n)
     return min(results)
 
 

@@ -23,6 +23,18 @@
 #endif
 #endif
 
+// The opposite: a small function on a hot path (a comparison inside a search loop) that the
+// compiler's size heuristics would otherwise leave as a call.
+#if !defined(PYPERSISTENT_ALWAYS_INLINE)
+#if defined(__GNUC__) || defined(__clang__)
+#define PYPERSISTENT_ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define PYPERSISTENT_ALWAYS_INLINE __forceinline
+#else
+#define PYPERSISTENT_ALWAYS_INLINE inline
+#endif
+#endif
+
 namespace pypersistent {
 
 using hash_t = std::uint64_t;

@@ -389,16 +389,26 @@ private:
 static_assert(alignof(PyObject) >= 4, "sorted_key keeps its kind in the low bits of an object pointer");
 
 struct sorted_key_less {
-    bool operator()(const sorted_key& a, const sorted_key& b) const {
+    // Inline, with no jump on the answer (the search selects on it): two keys of one inline kind
+    // whose inline bytes differ. The rest (equal prefixes, other keys) is out of line.
+    PYPERSISTENT_ALWAYS_INLINE bool operator()(const sorted_key& a, const sorted_key& b) const {
         const sorted_key::kind k = a.key_kind();
         if (k == b.key_kind()) {
             if (k == sorted_key::exact_int) return a.int_value() < b.int_value();
             if (k == sorted_key::latin1_prefix) {
-                // Equal prefixes: the first sixteen bytes (or all of the shorter str) are the same.
-                if (a.prefix() != b.prefix()) return a.prefix() < b.prefix();
-                if (a.prefix_rest() != b.prefix_rest()) return a.prefix_rest() < b.prefix_rest();
-                return object_less::latin1_less(a.object(), b.object(), 16);
+                const std::uint64_t ap = a.prefix(), bp = b.prefix(), ar = a.prefix_rest(), br = b.prefix_rest();
+                if (((ap ^ bp) | (ar ^ br)) != 0) return (ap < bp) | ((ap == bp) & (ar < br));
             }
+        }
+        return out_of_line(a, b);
+    }
+
+private:
+    PYPERSISTENT_NOINLINE
+    static bool out_of_line(const sorted_key& a, const sorted_key& b) {
+        if (a.key_kind() == sorted_key::latin1_prefix && b.key_kind() == sorted_key::latin1_prefix) {
+            // Equal prefixes: the first sixteen bytes (or all of the shorter str) are the same.
+            return object_less::latin1_less(a.object(), b.object(), 16);
         }
         return object_less{}(a.object(), b.object());
     }
