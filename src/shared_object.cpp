@@ -362,14 +362,16 @@ bool int64_of(PyObject* o, std::int64_t* out) {
 // by the general rules). Everything else goes through with_lookup_key. will_read_value: the
 // caller converts the value found, so a str key's entry prefetches the value's block before
 // its own key block is read (two cache misses at once in a large map, not one after the other).
-conv find_value(const shared_map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
+// Map: shared_map or shared_transient (both have find_entry_matching and find).
+template <class Map>
+conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
     *found = nullptr;
     if (PyUnicode_CheckExact(key)) {
         std::string_view utf8;
         PyObject* holder;
         if (!str_utf8_fast(key, &utf8, &holder)) return conv::error;
         const hash_t hash = neutral_value::str_hash_of(utf8);
-        const auto* e = map.find_entry_matching(hash, [&](const shared_map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
+        const auto* e = map.find_entry_matching(hash, [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
             if (will_read_value) entry.second.prefetch();
             const neutral_value& k = entry.first;
             if (!k.is_str() || k.str_hash() != hash) return false;
@@ -383,7 +385,7 @@ conv find_value(const shared_map& map, PyObject* key, const neutral_value** foun
     std::int64_t i;
     if (PyLong_CheckExact(key) && int64_of(key, &i)) {
         const neutral_value probe(i);  // inline: no allocation
-        const auto* e = map.find_entry_matching(probe.hash(), [&](const shared_map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
+        const auto* e = map.find_entry_matching(probe.hash(), [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
             const neutral_value& k = entry.first;
             return k.is_small_int() ? k.as_int64() == i : k == probe;
         });
@@ -1061,17 +1063,13 @@ PyType_Slot iterator_slots[] = {
 PyObject* transient_subscript(PyObject* self, PyObject* key) {
     TransientSharedObject* obj = reinterpret_cast<TransientSharedObject*>(self);
     return locked_transient<TransientSharedObject, PyObject*>(self, transient_name, nullptr, [&](shared_transient& t) {
-        PyObject* result = nullptr;
-        bool failed = false;
-        const conv r = with_lookup_key(key, [&](const neutral_value& k) {
-            if (const neutral_value* v = t.find(k)) {
-                result = to_python(*v, obj->state);
-                failed = !result;
-            }
-        });
-        if (r == conv::error || failed) return static_cast<PyObject*>(nullptr);
-        if (!result) set_key_error(key);
-        return result;
+        const neutral_value* v;
+        if (find_value(t, key, &v, true) == conv::error) return static_cast<PyObject*>(nullptr);
+        if (!v) {
+            set_key_error(key);
+            return static_cast<PyObject*>(nullptr);
+        }
+        return to_python(*v, obj->state);
     });
 }
 
@@ -1099,10 +1097,9 @@ Py_ssize_t transient_length(PyObject* self) {
 
 int transient_contains(PyObject* self, PyObject* key) {
     return locked_transient<TransientSharedObject, int>(self, transient_name, -1, [&](shared_transient& t) {
-        bool found = false;
-        const conv r = with_lookup_key(key, [&](const neutral_value& k) { found = t.find(k) != nullptr; });
-        if (r == conv::error) return -1;
-        return found ? 1 : 0;
+        const neutral_value* v;
+        if (find_value(t, key, &v, false) == conv::error) return -1;
+        return v ? 1 : 0;
     });
 }
 

@@ -193,6 +193,65 @@ def test_str_and_int_lookups_find_exactly_the_equal_keys():
     assert SharedMap({2**63: "big"})[2.0**63] == "big" and 2**63 + 1 not in SharedMap({2.0**63: "f"})
 
 
+def test_transient_str_and_int_lookups_find_exactly_the_equal_keys():
+    # TransientSharedMap's t[k] and `k in t` take the same fast paths (find_value over the
+    # transient's trie), also on a trie the transient has edited in place.
+    texts = ["x" * n for n in range(41)] + ["é" * n for n in range(1, 12)] + ["日本", "\ud800abc", "a\x00b"]
+    t = SharedMap({t: -1 for t in texts[::2]}).transient()
+    for i, text in enumerate(texts):
+        t[text] = i
+    del t["x" * 7]
+    for i, text in enumerate(texts):
+        if text == "x" * 7:
+            assert text not in t
+            with pytest.raises(KeyError):
+                t[text]
+            continue
+        equal_copy = "".join(list(text))
+        assert t[text] == i and t[equal_copy] == i and text in t
+        for at in range(len(text)):
+            changed = text[:at] + ("y" if text[at] != "y" else "z") + text[at + 1 :]
+            assert changed not in t
+        assert b"x" * len(text) not in t
+    ints = [0, 1, -1, 2**30, 2**62, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1]
+    t = SharedMap().transient()
+    for k in ints:
+        t[k] = str(k)
+    for k in ints:
+        assert t[k] == str(k) and k in t
+        assert float(k) != k or t[float(k)] == str(k)
+    t[1.0] = "float"
+    assert t[1] == "float" and t[True] == "float" and 1.5 not in t and "1" not in t
+    with pytest.raises(TypeError):
+        [] in t
+    with pytest.raises(TypeError):
+        t[{}]
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(ops, st.lists(keys, max_size=10))
+def test_transient_lookups_against_dict(operations, probes):
+    d = {}
+    t = SharedMap().transient()
+    for op, k, v in operations:
+        if op == "set":
+            d[k] = v
+            t[k] = v
+        elif k in d:
+            del d[k]
+            del t[k]
+        assert len(t) == len(d)
+        assert (k in t) == (k in d)
+    for k, v in d.items():
+        assert k in t and same_typed(t[k], v)
+    for k in probes:
+        assert (k in t) == (k in d)
+        if k not in d:
+            with pytest.raises(KeyError):
+                t[k]
+    assert t.persistent() == d
+
+
 # ---- the per-interpreter cache of looked-up values (src/shared_value_cache.hpp) ---------------
 # m[k] and get() hand out cached str and int objects: a direct-mapped table keyed by an int's
 # value or a str block's address, whose hits on strs are proven by comparing the characters.

@@ -66,6 +66,13 @@ public:
         const value_type* e = trie::find(root_, hash, key);
         return e ? &e->second : nullptr;
     }
+    // persistent_map::find_entry_matching: the entry on hash's path that
+    // entry_is_key(const value_type&) accepts, or nullptr.
+    template <class EntryIsKey>
+    const value_type* find_entry_matching(hash_t hash, EntryIsKey&& entry_is_key) const {
+        if (!root_) return nullptr;
+        return trie::find_matching(root_, trie::maps_of(root_), hash, entry_is_key);
+    }
     bool contains(const K& key) const { return find(key) != nullptr; }
 
     // Insert or assign; returns whether the key was new.

@@ -374,6 +374,34 @@ TEST(Transient, HashedVariants) {
     EXPECT_EQ(e.find_hashed(1, mix_hash{}(1)), nullptr);
 }
 
+// find_entry_matching on a transient finds what find finds (root entries, deep entries, collision
+// nodes), also after in-place edits, and nothing for absent keys or a predicate that accepts none.
+TEST(Transient, FindEntryMatchingAgreesWithFind) {
+    mtrans t;
+    EXPECT_EQ(t.find_entry_matching(mix_hash{}(1), [](const mmap::value_type&) { return true; }), nullptr);
+    for (int k = 0; k < 5000; ++k) t.set(k, -k);
+    for (int k = 0; k < 5000; k += 3) t.erase(k);
+    for (int k = -50; k < 5050; ++k) {
+        const auto* e = t.find_entry_matching(mix_hash{}(k), [k](const mmap::value_type& entry) { return entry.first == k; });
+        const int* v = t.find(k);
+        ASSERT_EQ(e == nullptr, v == nullptr) << k;
+        if (e) {
+            EXPECT_EQ(&e->second, v);
+        }
+        EXPECT_EQ(t.find_entry_matching(mix_hash{}(k), [](const mmap::value_type&) { return false; }), nullptr);
+    }
+    using cmap = int_map<const_hash>;
+    auto colliding = cmap().transient();
+    for (int k = 1; k <= 40; ++k) colliding.set(k, 2 * k);
+    for (int k = 0; k <= 41; ++k) {
+        const auto* e = colliding.find_entry_matching(const_hash{}(k), [k](const cmap::value_type& entry) { return entry.first == k; });
+        ASSERT_EQ(e != nullptr, k >= 1 && k <= 40) << k;
+        if (e) {
+            EXPECT_EQ(e->second, 2 * k);
+        }
+    }
+}
+
 TEST(Transient, StringValues) {
     using smap = persistent_map<std::string, std::string>;
     auto t = smap().transient();
