@@ -22,10 +22,11 @@
 #   --python PY       after the default Python (python3 on PATH, used by the project build),
 #                     run the embed host with PY (repeatable) instead of the ft and tsan builds
 #                     of scripts/build-python.sh. A TSan build (configured
-#                     --with-thread-sanitizer) gets the TSan treatment. PY's environment must
+#                     --with-thread-sanitizer) gets the TSan treatment. A venv's python must
 #                     provide pybind11 and scikit-build-core; pypersistent is (re)installed into
 #                     it when the sources are newer than its copy; an interpreter outside a venv
-#                     gets a venv of its own under build/host-examples instead.
+#                     gets a venv of its own under build/host-examples instead (with pybind11
+#                     and scikit-build-core from PyPI when the interpreter lacks them).
 #   --bare-snapshots  build free-threaded hosts with PYPERSISTENT_EMBED_BARE_SNAPSHOTS=ON
 #                     (atom_snapshot without any thread state; see examples/embed/main.cpp),
 #                     readers spinning (--spin), each such run repeated up to 5 times.
@@ -119,6 +120,11 @@ prepare_python() {
             "$py" -m venv --system-site-packages "$venv" >&2
         fi
         py=$venv/bin/python
+        if ! "$py" -c 'import pybind11, scikit_build_core' 2>/dev/null; then
+            # A bare interpreter (a pyenv build, say): the build requirements come from PyPI.
+            log "installing pybind11 and scikit-build-core into $venv"
+            "$py" -m pip install -q "pybind11>=3.0" "scikit-build-core>=0.11" ninja >&2 || die "pip install of the build requirements failed"
+        fi
     fi
     if extension_stale "$py"; then
         local build_dir=build/$([ "$tag" = cp313t ] && echo ft || echo "$tag")-embed
