@@ -234,7 +234,8 @@ for py in "${others[@]}"; do
          -DCMAKE_DISABLE_FIND_PACKAGE_pypersistent=ON)
     if [ "$flavour" = tsan ]; then
         # The project's suppressions (a superset of CPython's): they hold CPython 3.13's own
-        # report on creating a subinterpreter while others run (gh-129817).
+        # reports on creating a subinterpreter while others run (gh-129817) and on destroying
+        # one while another imports a builtin module (interpreter_clear, gh-140257's family).
         sc_options=$(for opt in $tsan_options; do case $opt in suppressions=*) ;; *) echo "$opt" ;; esac; done)
         sc_options="$(echo $sc_options) suppressions=$root/stress/tsan-suppressions.txt"
         cfg+=(-DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo
