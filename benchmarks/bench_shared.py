@@ -17,6 +17,8 @@ Parts (--parts, default all three):
                               them and unpickles
                queue          concurrent.interpreters Queue put/get of the dict (3.14+, which
                               pickles it inside); n/a on 3.13
+               shared via queue  the SharedMap itself through such a queue (3.14+): it moves
+                              by reference (cross-interpreter data), not pickled
                signal only    no payload: the floor that every row includes
 
              Measurement: the receiver runs in its own interpreter on its own thread and is
@@ -70,7 +72,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional
 
 PARTS = ["handover", "memory", "lookup"]
-HANDOVER_METHODS = ["shared", "shared+build", "pickle", "queue", "signal only"]
+HANDOVER_METHODS = ["shared", "shared via queue", "shared+build", "pickle", "queue", "signal only"]
 MEMORY_METHODS = ["shared", "copies"]
 LOOKUP_STRUCTURES = ["dict", "PersistentMap", "SharedMap"]
 LOOKUP_OPS = ["m[k], int values", "m[k], str values", "k in m"]
@@ -197,7 +199,7 @@ for _ in range(ROUNDS):
     elif METHOD == "pickle":
         size = int.from_bytes(read_exactly(8), "little")
         table = pickle.loads(read_exactly(size))
-    elif METHOD == "queue":
+    elif METHOD in ("queue", "shared via queue"):
         table = queue.get()
     else:
         table = None
@@ -218,7 +220,7 @@ def write_all(fd: int, data: bytes) -> None:
 def handover_worker(method: str, size: int, rounds: int, values: str) -> Dict[str, Any]:
     if not HAVE_INTERPRETERS:
         raise RuntimeError("needs concurrent.interpreters (3.14+) or _interpreters (3.13)")
-    if method == "queue" and high_level is None:
+    if method in ("queue", "shared via queue") and high_level is None:
         raise RuntimeError("concurrent.interpreters queues need Python 3.14+")
     import fcntl
     import pickle
@@ -241,7 +243,7 @@ def handover_worker(method: str, size: int, rounds: int, values: str) -> Dict[st
     constants = dict(CELL=cell, GO_R=go_r, DONE_W=done_w, DATA_R=data_r, ROUNDS=rounds, METHOD=method,
                      SIZE=size, PROBE=size // 2)
     queue = None
-    if method == "queue":
+    if method in ("queue", "shared via queue"):
         queue = high_level.create_queue()
         receiver.prepare(queue=queue)
     code = "".join(f"{k} = {v!r}\n" for k, v in constants.items()) + RECEIVER
@@ -265,6 +267,9 @@ def handover_worker(method: str, size: int, rounds: int, values: str) -> Dict[st
                 del payload
             elif method == "queue":
                 queue.put(d)
+                os.write(go_w, b"x")
+            elif method == "shared via queue":
+                queue.put(shared)  # by reference: the receiver gets a SharedMap over this trie
                 os.write(go_w, b"x")
             else:
                 os.write(go_w, b"x")
@@ -420,7 +425,7 @@ def keep_min_nested(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
 
 def report_handover(args: argparse.Namespace, sizes: List[int]) -> None:
     methods = [m for m in HANDOVER_METHODS if m in args.methods]
-    runnable = [m for m in methods if m != "queue" or high_level is not None]  # queue: 3.14+
+    runnable = [m for m in methods if "queue" not in m or high_level is not None]  # queues: 3.14+
     table = interleaved(args, "handover", runnable, sizes, keep_min)
     print(f"\n### Hand-over to another interpreter, µs (int keys -> {args.values} values; best of "
           f"{args.rounds} rounds x {args.repeat} runs)\n")
