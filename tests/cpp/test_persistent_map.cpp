@@ -820,15 +820,7 @@ TEST(PersistentMap, FindEntryMatchingAgreesWithFind) {
     mmap m;
     for (int k = 0; k < 5000; ++k) m = m.set(k, -k);
     EXPECT_EQ(mmap().find_entry_matching(mix_hash{}(1), [](const mmap::value_type&) { return true; }), nullptr);
-    for (int k = -50; k < 5050; ++k) {
-        const auto* e = m.find_entry_matching(mix_hash{}(k), [k](const mmap::value_type& entry) { return entry.first == k; });
-        const int* v = m.find(k);
-        ASSERT_EQ(e == nullptr, v == nullptr) << k;
-        if (e) {
-            EXPECT_EQ(&e->second, v);
-        }
-        EXPECT_EQ(m.find_entry_matching(mix_hash{}(k), [](const mmap::value_type&) { return false; }), nullptr);
-    }
+    expect_find_entry_matching_agrees_with_find<mix_hash>(m, -50, 5050);
     using cmap = int_map<const_hash>;
     cmap colliding;
     for (int k = 1; k <= 40; ++k) colliding = colliding.set(k, 2 * k);

@@ -381,15 +381,7 @@ TEST(Transient, FindEntryMatchingAgreesWithFind) {
     EXPECT_EQ(t.find_entry_matching(mix_hash{}(1), [](const mmap::value_type&) { return true; }), nullptr);
     for (int k = 0; k < 5000; ++k) t.set(k, -k);
     for (int k = 0; k < 5000; k += 3) t.erase(k);
-    for (int k = -50; k < 5050; ++k) {
-        const auto* e = t.find_entry_matching(mix_hash{}(k), [k](const mmap::value_type& entry) { return entry.first == k; });
-        const int* v = t.find(k);
-        ASSERT_EQ(e == nullptr, v == nullptr) << k;
-        if (e) {
-            EXPECT_EQ(&e->second, v);
-        }
-        EXPECT_EQ(t.find_entry_matching(mix_hash{}(k), [](const mmap::value_type&) { return false; }), nullptr);
-    }
+    expect_find_entry_matching_agrees_with_find<mix_hash>(t, -50, 5050);
     using cmap = int_map<const_hash>;
     auto colliding = cmap().transient();
     for (int k = 1; k <= 40; ++k) colliding.set(k, 2 * k);

@@ -44,6 +44,23 @@ struct mix_hash {
 struct const_hash {
     hash_t operator()(int) const noexcept { return 0xDEADBEEFCAFEF00Dull; }
 };
+// find_entry_matching (a lookup by a predicate, for bindings) on an int map or transient m
+// hashed by Hash: for every key in [from, to) it finds the entry find finds (or none), and it
+// finds nothing with a predicate that accepts no entry.
+template <class Hash, class Map>
+void expect_find_entry_matching_agrees_with_find(const Map& m, int from, int to) {
+    using entry = typename Map::value_type;
+    for (int k = from; k < to; ++k) {
+        const auto* e = m.find_entry_matching(Hash{}(k), [k](const entry& candidate) { return candidate.first == k; });
+        const auto* v = m.find(k);
+        ASSERT_EQ(e == nullptr, v == nullptr) << k;
+        if (e) {
+            EXPECT_EQ(&e->second, v);
+        }
+        EXPECT_EQ(m.find_entry_matching(Hash{}(k), [](const entry&) { return false; }), nullptr);
+    }
+}
+
 // Only 61 distinct small hashes: shallow but crowded low fragments, many collisions.
 struct mod61_hash {
     hash_t operator()(int k) const noexcept { return ukey(k) % 61; }
