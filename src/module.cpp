@@ -161,7 +161,14 @@ PYBIND11_MODULE(_pypersistent, m, py::mod_gil_not_used(), py::multiple_interpret
     // holds the capsule, so the state lives as long as the gc module keeps the callback.
     py::object census = py::reinterpret_steal<py::object>(PyCFunction_New(&census_callback_def, capsule.ptr()));
     if (!census) throw py::error_already_set();
-    py::module_::import("gc").attr("callbacks").attr("append")(census);
+    // Appended through the C API, not pybind11's object call: in builds without NDEBUG (the TSan
+    // build) that call asks PyGILState_Check(), which reads a runtime-wide flag that creating a
+    // subinterpreter writes without a lock (see PYBIND11_NO_ASSERT_GIL_HELD_INCREF_DECREF in
+    // src/CMakeLists.txt), a race TSan reports when interpreters are created while others import us.
+    py::object gc_callbacks = py::module_::import("gc").attr("callbacks");
+    py::object appended = py::reinterpret_steal<py::object>(
+        PyObject_CallMethod(gc_callbacks.ptr(), "append", "O", census.ptr()));
+    if (!appended) throw py::error_already_set();
 
     // SharedMap moves to other interpreters by reference where CPython allows it.
     if (!register_cross_interpreter_sharing(state->shared_map_type)) throw py::error_already_set();
