@@ -356,8 +356,9 @@ bool int64_of(PyObject* o, std::int64_t* out) {
 // The value stored under key in map, or nullptr (absent, or a hashable key of a type a
 // SharedMap never holds). Returns conv::error with an error set (an unhashable key).
 //
-// Exact str and int keys, nearly every lookup, skip building a neutral key: a str is hashed
-// and compared where CPython keeps its UTF-8 (no copy into a probe, no generic equality), an
+// Exact str and int keys, nearly every lookup, skip building a neutral key: a short ASCII str
+// is compared with the stored keys as the two words its short str would have; another str is hashed and compared where CPython keeps its UTF-8 (no copy into a
+// probe, no generic equality); an
 // int by its 64-bit value (a stored key of another numeric kind, 1.0 or True for 1, is compared
 // by the general rules). Everything else goes through with_lookup_key. will_read_value: the
 // caller converts the value found, so a str key's entry prefetches the value's block before
@@ -367,6 +368,22 @@ template <class Map>
 conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
     *found = nullptr;
     if (PyUnicode_CheckExact(key)) {
+        if (PyUnicode_IS_COMPACT_ASCII(key) &&
+            static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)) <= neutral_value::short_str_capacity) {
+            // Stored as a short str (canonical form): the stored key matches exactly when its 16
+            // bytes are the probe's, and no key block is read.
+            const std::string_view utf8(static_cast<const char*>(PyUnicode_DATA(key)),
+                                        static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)));
+            std::uint64_t probe[2];
+            neutral_value::short_str_words(utf8.data(), utf8.size(), probe);
+            const auto* e = map.find_entry_matching(neutral_value::str_hash_of(utf8),
+                                                    [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
+                if (will_read_value) entry.second.prefetch();
+                return entry.first.word(0) == probe[0] && entry.first.word(1) == probe[1];
+            });
+            if (e) *found = &e->second;
+            return conv::ok;
+        }
         std::string_view utf8;
         PyObject* holder;
         if (!str_utf8_fast(key, &utf8, &holder)) return conv::error;
@@ -374,7 +391,10 @@ conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool
         const auto* e = map.find_entry_matching(hash, [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
             if (will_read_value) entry.second.prefetch();
             const neutral_value& k = entry.first;
-            if (!k.is_str() || k.str_hash() != hash) return false;
+            // Long or non-ASCII keys are stored in blocks; a short stored key can still match a
+            // str whose form hid that it is short ASCII (a legacy, non-compact str before 3.12).
+            if (k.is_short_str()) return k.str_view() == utf8;
+            if (!k.is_block_str() || k.str_hash() != hash) return false;
             const std::string_view stored = k.str_view();
             return stored.size() == utf8.size() && same_bytes(stored.data(), utf8.data(), utf8.size());
         });

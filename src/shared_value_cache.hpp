@@ -14,9 +14,10 @@
 // of them cached. Maps much larger than the table bypass it (max_cached_map_size).
 //   * ints (small_int values outside CPython's own small-int cache): keyed by the value itself,
 //     which identifies the object exactly.
-//   * strs (ASCII, up to max_cached_str_bytes): keyed by the address of the value's str block.
-//     The cache holds no reference to the block, so the address may meanwhile have been freed
-//     and reused for another string; a hit is therefore proven by content: the cached str's
+//   * strs (ASCII, up to max_cached_str_bytes): keyed by the address of the value's str block,
+//     or for a short str (no block; neutral_value.hpp) by a mix of its characters. The cache
+//     holds no reference to the block, so the address may meanwhile have been freed and reused
+//     for another string, and keys may collide; a hit is therefore proven by content: the cached str's
 //     length and characters must equal the block's bytes. Only compact ASCII strs are cached,
 //     whose characters are their UTF-8, so the comparison is a byte comparison. Long strs are
 //     left out: comparing them costs what copying does, and the table would keep them alive.
@@ -47,7 +48,7 @@ namespace pypersistent::python {
 
 // a[0..n) == b[0..n) for the short strings of most lookups without a call into libc's memcmp:
 // loads that overlap rather than a loop, and never past either end.
-inline bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
+PYPERSISTENT_ALWAYS_INLINE bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
     auto load8 = [](const char* p) {
         std::uint64_t v;
         std::memcpy(&v, p, 8);
@@ -108,12 +109,14 @@ public:
         if (v.is_str() && v.str_is_ascii()) {
             const std::string_view bytes = v.str_view();
             if (bytes.size() > max_cached_str_bytes) return convert(v);
-            const auto block = reinterpret_cast<std::uint64_t>(bytes.data());
-            const std::size_t at = index_of(block >> 4);  // blocks are at least 16-byte aligned
+            // A block str by its block's address; a short str (no block) by its characters.
+            const std::uint64_t key = v.is_short_str() ? neutral_detail::mix64(v.word(0) ^ (v.word(1) * 0x9E3779B97F4A7C15ull))
+                                                       : reinterpret_cast<std::uint64_t>(bytes.data()) >> 4;
+            const std::size_t at = index_of(key);
             if (!ensure_table(strs_)) return convert(v);
             const slot& s = strs_.slots[at];
-            if (s.object && s.key == block && holds_ascii(s.object, bytes)) return Py_NewRef(s.object);
-            return admit(strs_, at, block, convert(v));
+            if (s.object && s.key == key && holds_ascii(s.object, bytes)) return Py_NewRef(s.object);
+            return admit(strs_, at, key, convert(v));
         }
         return convert(v);
     }

@@ -302,11 +302,12 @@ def test_looked_up_values_are_equal_and_exactly_typed_through_cache_collisions()
 def test_looked_up_strs_stay_right_when_blocks_are_freed_and_reused():
     # A cached str is keyed by its block's address; dropping the map frees the blocks, and the
     # next map's strings (same lengths, other characters) are likely to reuse those addresses.
-    # A hit must then be refused because the characters differ.
+    # A hit must then be refused because the characters differ. (20 characters: strs of up to
+    # 13 ASCII bytes have no block.)
     import gc
 
     for round_ in range(30):
-        expected = {i: f"{round_ % 10}{i:05d}"[::-1] for i in range(2_000 + round_ * 100)}
+        expected = {i: f"{round_ % 10}{i:05d}"[::-1] + "-" * 14 for i in range(2_000 + round_ * 100)}
         m = SharedMap(expected)
         for _ in range(3):  # admitted on the second miss, hit on the third read
             for i, v in expected.items():
@@ -380,6 +381,27 @@ def test_unsupported_values_raise_type_error(bad, name):
         return
     with pytest.raises(TypeError):
         SharedMap({bad: 1})
+
+
+def test_short_and_long_strs_are_found_by_every_route():
+    # ASCII strs of up to 13 bytes are stored inside the neutral value, longer or non-ASCII ones
+    # in a block (neutral_value.hpp). Exact strs, str subclasses (the generic probe), transients,
+    # keys and values on both sides of that limit: every route finds exactly the equal keys.
+    texts = ["k" * n for n in range(20)] + ["é" * n for n in range(1, 8)] + ["ab\x7f", "ab\x80", "\x00" * 13]
+    m = SharedMap({t: t.upper() for t in texts})
+    t = m.transient()
+    for text in texts:
+        for probe in (text, "".join(list(text)), MyStr(text)):
+            assert m[probe] == text.upper() and type(m[probe]) is str and probe in m
+            assert t[probe] == text.upper() and probe in t
+        assert text + "!" not in m and text[:-1] + "?" not in m
+        assert text.encode("utf-8") not in m
+    assert sorted(m) == sorted(texts) and set(m.values()) == {x.upper() for x in texts}
+    assert dict(m) == {x: x.upper() for x in texts} and m == {x: x.upper() for x in texts}
+    assert repr(SharedMap({"it's": "a\nb"})) == repr({"it's": "a\nb"}).join(["SharedMap(", ")"])
+    for text in texts:
+        m = m.delete(MyStr(text))
+    assert len(m) == 0
 
 
 def test_lookups_with_subclasses_and_other_types():

@@ -7,9 +7,17 @@
 //
 // ---- Layout ---------------------------------------------------------------------------------
 //
-// 16 bytes: a one-byte kind tag (7 bytes of padding) and an 8-byte payload.
+// 16 bytes: a one-byte kind tag, 7 bytes used only by short strs (zero otherwise) and an 8-byte
+// payload.
 //
 //   none                  payload unused (zero)
+//   short str             an ASCII str of up to short_str_capacity (13) bytes, inside the value:
+//                         byte 1 its size, bytes 2..14 its characters, then zeros (so the bytes
+//                         are NUL-terminated like a block's). No block: reading such a key or
+//                         value touches no other memory. Canonical: every str that fits is
+//                         stored so, so two short strs are equal exactly when their 16 bytes
+//                         are, and a short str never equals a str in a block. type() and
+//                         is_str() say str for both forms; the accessors hide the difference.
 //   boolean               payload.b
 //   small_int             payload.i, every int in [-2^63, 2^63)
 //   floating              payload.d (an IEEE double)
@@ -20,7 +28,7 @@
 //                         limb array *is* the little-endian byte string of |x| (what
 //                         _PyLong_FromByteArray / PyLong_FromUnsignedNativeBytes read), and
 //                         from_le_bytes / to_le_bytes convert to and from two's complement.
-//   str                   payload.p -> { header, byte size, length in code points, max code
+//   str                   (longer than 13 bytes, or not ASCII) payload.p -> { header, byte size, length in code points, max code
 //                         point (exact when validated; else the caller's bound, e.g. CPython's
 //                         PyUnicode_MAX_CHAR_VALUE: 127, 255, 65535 or 0x10FFFF, which is all
 //                         PyUnicode_New needs), cached hash, UTF-8 bytes, NUL }. Equality and
@@ -82,6 +90,7 @@
 // translation unit of the program) counts live heap blocks in neutral_detail::live_blocks.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
@@ -211,7 +220,7 @@ inline std::uint64_t mix64(std::uint64_t x) noexcept {
 
 inline std::uint64_t rotl(std::uint64_t x, unsigned r) noexcept { return (x << r) | (x >> (64 - r)); }
 
-inline std::uint64_t le_u32(const unsigned char* p) noexcept {
+PYPERSISTENT_ALWAYS_INLINE std::uint64_t le_u32(const unsigned char* p) noexcept {
     return std::uint64_t(p[0]) | std::uint64_t(p[1]) << 8 | std::uint64_t(p[2]) << 16 | std::uint64_t(p[3]) << 24;
 }
 
@@ -219,7 +228,7 @@ inline std::uint64_t le_u32(const unsigned char* p) noexcept {
 // overlapping 4-byte loads (or three single bytes) instead of a loop of n: the str keys of a
 // lookup are short, and this tail is a large part of hashing them. Overlapping bytes land on
 // the same bits, so the result is the plain loop's.
-inline std::uint64_t le_tail(const unsigned char* p, std::size_t n) noexcept {
+PYPERSISTENT_ALWAYS_INLINE std::uint64_t le_tail(const unsigned char* p, std::size_t n) noexcept {
     if (n >= 4) return le_u32(p) | le_u32(p + n - 4) << (8 * (n - 4));
     if (n == 0) return 0;
     return std::uint64_t(p[0]) | std::uint64_t(p[n / 2]) << (8 * (n / 2)) | std::uint64_t(p[n - 1]) << (8 * (n - 1));
@@ -228,7 +237,9 @@ inline std::uint64_t le_tail(const unsigned char* p, std::size_t n) noexcept {
 // A fixed-seed 64-bit hash of a byte string (8 bytes per step, multiply-rotate, full avalanche at
 // the end). Fixed rather than per-process random: every shared object that includes this header
 // must hash alike, or a map built in one could not be searched from another.
-inline std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint64_t seed) noexcept {
+// Forced inline: on a lookup's path, for the short keys of most lookups, it is a few
+// instructions.
+PYPERSISTENT_ALWAYS_INLINE std::uint64_t hash_bytes(const unsigned char* p, std::size_t n, std::uint64_t seed) noexcept {
     constexpr std::uint64_t k1 = 0x87C37B91114253D5ull;
     constexpr std::uint64_t k2 = 0x4CF5AD432745937Full;
     std::uint64_t h = seed ^ (static_cast<std::uint64_t>(n) * 0x9E3779B97F4A7C15ull);
@@ -383,7 +394,12 @@ struct map_block;
 
 class neutral_value {
 public:
-    enum class kind : std::uint8_t { none, boolean, small_int, floating, big_int, str, bytes, tuple, map };
+    // short_str is a storage form of str (see the layout above), never returned by type().
+    // Numeric kinds are contiguous and ordered (numeric_equal); heap kinds come last (is_heap).
+    enum class kind : std::uint8_t { none, short_str, boolean, small_int, floating, big_int, str, bytes, tuple, map };
+
+    // The longest str (in UTF-8 bytes, all ASCII) stored inside the value.
+    static constexpr std::size_t short_str_capacity = 13;
 
     // None.
     neutral_value() noexcept : kind_(kind::none) { u_.i = 0; }
@@ -464,10 +480,13 @@ public:
     // ---- copy / move ----
 
     neutral_value(const neutral_value& other) noexcept : kind_(other.kind_), u_(other.u_) {
+        std::memcpy(short_, other.short_, sizeof short_);
         if (is_heap()) u_.p->refs.retain();
     }
     neutral_value(neutral_value&& other) noexcept : kind_(other.kind_), u_(other.u_) {
+        std::memcpy(short_, other.short_, sizeof short_);
         other.kind_ = kind::none;
+        std::memset(other.short_, 0, sizeof other.short_);
         other.u_.i = 0;
     }
     neutral_value& operator=(const neutral_value& other) noexcept {
@@ -483,19 +502,23 @@ public:
     }
     void swap(neutral_value& other) noexcept {
         std::swap(kind_, other.kind_);
+        std::swap(short_, other.short_);
         std::swap(u_, other.u_);
     }
 
     // ---- inspection ----
 
-    kind type() const noexcept { return kind_; }
+    kind type() const noexcept { return kind_ == kind::short_str ? kind::str : kind_; }
     bool is_none() const noexcept { return kind_ == kind::none; }
     bool is_bool() const noexcept { return kind_ == kind::boolean; }
     bool is_int() const noexcept { return kind_ == kind::small_int || kind_ == kind::big_int; }
     bool is_small_int() const noexcept { return kind_ == kind::small_int; }
     bool is_big_int() const noexcept { return kind_ == kind::big_int; }
     bool is_float() const noexcept { return kind_ == kind::floating; }
-    bool is_str() const noexcept { return kind_ == kind::str; }
+    bool is_str() const noexcept { return kind_ == kind::str || kind_ == kind::short_str; }
+    // Which form a str has (see the layout above): for lookups that compare stored keys.
+    bool is_short_str() const noexcept { return kind_ == kind::short_str; }
+    bool is_block_str() const noexcept { return kind_ == kind::str; }
     bool is_bytes() const noexcept { return kind_ == kind::bytes; }
     bool is_tuple() const noexcept { return kind_ == kind::tuple; }
     bool is_map() const noexcept { return kind_ == kind::map; }
@@ -515,7 +538,10 @@ public:
     bool to_le_bytes(unsigned char* out, std::size_t n) const noexcept;
 
     // str: UTF-8 bytes (NUL-terminated at data()[size()]), length in code points, max code point.
-    std::string_view str_view() const noexcept { return {text()->data(), text()->size}; }
+    std::string_view str_view() const noexcept {
+        if (kind_ == kind::short_str) return {short_data(), short_size()};
+        return {text()->data(), text()->size};
+    }
     // Asks the CPU to start loading this value's heap block (nothing for inline kinds): a lookup
     // that will convert the value it finds starts that cache miss while it compares the key,
     // whose block is another miss, instead of after.
@@ -524,17 +550,25 @@ public:
         if (is_heap()) __builtin_prefetch(u_.p);
 #endif
     }
-    // A str's hash() (cached at construction), without hash()'s dispatch on the kind.
-    hash_t str_hash() const noexcept { return text()->hash; }
+    // A str's hash() (cached in a block; a short str's is computed), without hash()'s dispatch.
+    hash_t str_hash() const noexcept {
+        if (kind_ == kind::short_str) return str_hash_of({short_data(), short_size()});
+        return text()->hash;
+    }
     // The hash() of the str whose UTF-8 is utf8, without building one: a binding's lookups hash
     // a Python str's UTF-8 where it lies (persistent_map::find_entry_matching).
-    static hash_t str_hash_of(std::string_view utf8) noexcept {
+    static PYPERSISTENT_ALWAYS_INLINE hash_t str_hash_of(std::string_view utf8) noexcept {
         return neutral_detail::hash_bytes(reinterpret_cast<const unsigned char*>(utf8.data()), utf8.size(),
                                           neutral_detail::str_seed);
     }
-    std::size_t str_length() const noexcept { return text()->length; }
-    std::uint32_t str_max_char() const noexcept { return text()->max_char; }
-    bool str_is_ascii() const noexcept { return text()->max_char < 0x80; }
+    std::size_t str_length() const noexcept { return kind_ == kind::short_str ? short_size() : text()->length; }
+    std::uint32_t str_max_char() const noexcept {
+        if (kind_ != kind::short_str) return text()->max_char;
+        std::uint32_t m = 0;
+        for (const char c : str_view()) m = std::max<std::uint32_t>(m, static_cast<unsigned char>(c));
+        return m;
+    }
+    bool str_is_ascii() const noexcept { return kind_ == kind::short_str || text()->max_char < 0x80; }
     std::string_view bytes_view() const noexcept { return {text()->data(), text()->size}; }
 
     std::size_t tuple_size() const noexcept;
@@ -549,9 +583,40 @@ public:
     hash_t hash() const;
     friend bool operator==(const neutral_value& a, const neutral_value& b) { return equal(a, b); }
     friend bool operator!=(const neutral_value& a, const neutral_value& b) { return !equal(a, b); }
-    // Same kind and same bits (same heap block): cheap, implies ==.
+    // Same kind and same bits (same heap block; same characters for short strs): cheap,
+    // implies ==. For two short strs it *is* ==.
+    // The two words (see word()) of the short str of these characters, computed in registers:
+    // a lookup compares stored keys with them without building a probe value (whose bytes,
+    // stored piecewise and read back whole, stall the CPU's store forwarding). n must be at most
+    // short_str_capacity, the bytes ASCII.
+    static PYPERSISTENT_ALWAYS_INLINE void short_str_words(const char* data, std::size_t n, std::uint64_t words[2]) noexcept {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        const auto* p = reinterpret_cast<const unsigned char*>(data);
+        const std::size_t head = n < 6 ? n : 6;  // characters in word 0, after the tag and size
+        words[0] = static_cast<std::uint64_t>(kind::short_str) | static_cast<std::uint64_t>(n) << 8 |
+                   neutral_detail::le_tail(p, head) << 16;
+        words[1] = n > 6 ? neutral_detail::le_tail(p + 6, n - 6) : 0;
+#else
+        const neutral_value v = make_short_str(data, n);
+        words[0] = v.word(0);
+        words[1] = v.word(1);
+#endif
+    }
+
+    // The value's 16 bytes as two words: equal for two short strs exactly when they are equal,
+    // so a binding can key a cache on a short str's content without hashing it.
+    std::uint64_t word(int i) const noexcept {
+        std::uint64_t w;
+        std::memcpy(&w, static_cast<const char*>(static_cast<const void*>(this)) + 8 * i, sizeof w);
+        return w;
+    }
+    // (Every byte of a value is defined: the payload is zeroed before a narrower member is set,
+    // and short_ is zero but for short strs, so this is a comparison of the 16 bytes.)
     bool identical(const neutral_value& other) const noexcept {
-        return kind_ == other.kind_ && std::memcmp(&u_, &other.u_, sizeof u_) == 0;
+        std::uint64_t a[2], b[2];
+        std::memcpy(a, static_cast<const void*>(this), sizeof a);
+        std::memcpy(b, static_cast<const void*>(&other), sizeof b);
+        return a[0] == b[0] && a[1] == b[1];
     }
 
     // Python-style repr, for tests, logs and examples: None, True, 12, 1.5, 'text', b'..',
@@ -571,6 +636,29 @@ private:
         neutral_detail::heap_header* p;
     };
 
+    // A short str's size and characters (see the layout above): byte 1, and bytes 2 onwards.
+    std::size_t short_size() const noexcept { return static_cast<unsigned char>(short_[0]); }
+    const char* short_data() const noexcept { return reinterpret_cast<const char*>(this) + 2; }
+    char* short_data() noexcept { return reinterpret_cast<char*>(this) + 2; }
+
+    // Whether size bytes of str UTF-8 fit in a short str: ASCII (known from max_char when it is
+    // below 0x80, else checked) and at most short_str_capacity bytes.
+    static bool fits_short_str(const char* data, std::size_t size, std::uint32_t max_char) noexcept {
+        if (size > short_str_capacity) return false;
+        if (max_char < 0x80) return true;
+        for (std::size_t i = 0; i < size; ++i) {
+            if (static_cast<unsigned char>(data[i]) >= 0x80) return false;
+        }
+        return true;
+    }
+    static neutral_value make_short_str(const char* data, std::size_t size) noexcept {
+        neutral_value v;  // None: every byte zero
+        v.kind_ = kind::short_str;
+        v.short_[0] = static_cast<char>(size);
+        if (size) std::memcpy(v.short_data(), data, size);
+        return v;
+    }
+
     static neutral_value adopt(kind k, neutral_detail::heap_header* block) noexcept {
         neutral_value v;
         v.kind_ = k;
@@ -579,6 +667,7 @@ private:
     }
     static neutral_value make_text(kind k, const char* data, std::size_t size, std::size_t length, std::uint32_t max_char) {
         using neutral_detail::text_block;
+        if (k == kind::str && fits_short_str(data, size, max_char)) return make_short_str(data, size);
         void* mem = neutral_detail::allocate_block(sizeof(text_block) + size + 1);
         auto* b = new (mem) text_block(k == kind::str ? neutral_detail::heap_kind::str : neutral_detail::heap_kind::bytes,
                                        size, length, max_char);
@@ -601,10 +690,18 @@ private:
     void repr_into(std::string& out) const;
 
     kind kind_;
+    char short_[7] = {};  // a short str's size and first characters; zero for every other kind
     payload u_;
+
+    static void check_layout() noexcept;
 };
 
-static_assert(sizeof(neutral_value) == 16, "neutral_value is a tag and an 8-byte payload");
+static_assert(sizeof(neutral_value) == 16, "neutral_value is a tag, 7 bytes and an 8-byte payload");
+static_assert(std::is_standard_layout<neutral_value>::value, "short strs address the value's bytes");
+inline void neutral_value::check_layout() noexcept {
+    static_assert(offsetof(neutral_value, short_) == 1 && offsetof(neutral_value, u_) == 8,
+                  "a short str's characters run from byte 2 to byte 14, across short_ and u_");
+}
 static_assert(std::is_nothrow_move_constructible<neutral_value>::value, "tries relocate keys in place");
 
 // A str or bytes key for lookups (find / contains / erase / find_hashed) that needs no heap
@@ -635,11 +732,17 @@ public:
 
     const neutral_value& value() const noexcept { return value_; }
     operator const neutral_value&() const noexcept { return value_; }
+    // Whether the value's block lives inside the probe (false for a short str, which has none,
+    // and for content too long for the probe, which has a block of its own).
     bool is_inline() const noexcept { return inline_; }
 
 private:
     neutral_probe(neutral_value::kind k, std::string_view data, std::size_t length, std::uint32_t max_char) {
         using neutral_detail::text_block;
+        if (k == neutral_value::kind::str && neutral_value::fits_short_str(data.data(), data.size(), max_char)) {
+            value_ = neutral_value::make_short_str(data.data(), data.size());  // no block at all
+            return;
+        }
         if (sizeof(text_block) + data.size() + 1 > sizeof storage_) {
             value_ = neutral_value::make_text(k, data.data(), data.size(), length, max_char);
             return;
@@ -1040,12 +1143,14 @@ inline bool neutral_value::numeric_equal(const neutral_value& a, const neutral_v
 
 inline bool neutral_value::equal(const neutral_value& a, const neutral_value& b) {
     if (a.kind_ != b.kind_) {
+        // A short str never equals a block str (canonical forms; see the layout above).
         const bool an = a.kind_ >= kind::boolean && a.kind_ <= kind::big_int;
         const bool bn = b.kind_ >= kind::boolean && b.kind_ <= kind::big_int;
         return an && bn && numeric_equal(a, b);
     }
     switch (a.kind_) {
         case kind::none: return true;
+        case kind::short_str: return a.identical(b);
         case kind::boolean: return a.u_.b == b.u_.b;
         case kind::small_int: return a.u_.i == b.u_.i;
         case kind::floating:
@@ -1091,6 +1196,7 @@ inline hash_t neutral_value::hash() const {
     using namespace neutral_detail;
     switch (kind_) {
         case kind::none: return 0xFCA86420FCA86420ull;  // any constant: None equals only None
+        case kind::short_str: return str_hash();
         case kind::boolean: return u_.b ? 1 : 0;
         case kind::small_int: return hash_int64(u_.i);
         case kind::floating: return hash_double(u_.d);
@@ -1159,6 +1265,7 @@ inline void neutral_value::repr_into(std::string& out) const {
             out += s;
             return;
         }
+        case kind::short_str:
         case kind::str:
         case kind::bytes: {
             if (kind_ == kind::bytes) out += 'b';

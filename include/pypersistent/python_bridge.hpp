@@ -506,7 +506,9 @@ struct shared_registry_export {
     unsigned value_bytes, map_bytes, registry_bytes, node_header_bytes;
     pypersistent::shared_cell_registry* registry;
 };
-constexpr unsigned shared_registry_export_version = 1;
+// Raised whenever neutral values change form without changing size (2: short strs stored inside
+// the value), so that a host built from older headers is refused rather than misreading them.
+constexpr unsigned shared_registry_export_version = 2;
 
 inline shared_registry_export make_shared_registry_export(pypersistent::shared_cell_registry* registry) noexcept {
     return {shared_registry_export_version,

@@ -302,7 +302,7 @@ TEST_F(Neutral, Tuples) {
     }
     expect_same_key(deep, deep2);
     // Elements are shared, not copied.
-    const nv s("shared string");
+    const nv s("a string longer than a short str");
     {
         const nv holder = nv::tuple({s, s});
         EXPECT_EQ(s.use_count(), 3u);
@@ -334,14 +334,100 @@ TEST_F(Neutral, NestedMaps) {
     EXPECT_EQ(deep.repr(), "{'x': {'y': {'z': 1}}}");
 }
 
+// ASCII strs of up to short_str_capacity bytes live inside the value (no block); longer or
+// non-ASCII ones in a block. The two forms never mix for the same content (canonical), and the
+// accessors answer alike for both.
+TEST_F(Neutral, ShortStrsLiveInsideTheValue) {
+    const std::int64_t before = live();
+    const std::string thirteen(nv::short_str_capacity, 'q');
+    const std::string fourteen(nv::short_str_capacity + 1, 'q');
+    const nv empty(""), one("k"), full(thirteen), over(fourteen), accented("\xC3\xA9");
+    EXPECT_EQ(live(), before + 2);  // only `over` and `accented` have blocks
+    for (const nv* v : {&empty, &one, &full}) {
+        EXPECT_TRUE(v->is_short_str());
+        EXPECT_TRUE(v->is_str());
+        EXPECT_FALSE(v->is_heap());
+        EXPECT_EQ(v->type(), nv::kind::str);
+        EXPECT_EQ(v->use_count(), 1u);
+        EXPECT_TRUE(v->str_is_ascii());
+        EXPECT_EQ(v->str_view().data()[v->str_view().size()], '\0');  // NUL-terminated, as in a block
+        EXPECT_EQ(v->str_length(), v->str_view().size());
+        EXPECT_EQ(v->hash(), nv::str_hash_of(v->str_view()));
+        EXPECT_EQ(v->str_hash(), v->hash());
+    }
+    for (const nv* v : {&over, &accented}) {
+        EXPECT_TRUE(v->is_block_str());
+        EXPECT_FALSE(v->is_short_str());
+        EXPECT_EQ(v->type(), nv::kind::str);
+    }
+    EXPECT_EQ(full.str_view(), thirteen);
+    // A lookup's probe words are the stored value's words, for every length.
+    for (std::size_t n = 0; n <= nv::short_str_capacity; ++n) {
+        const std::string text = std::string("abcdefghijklmnop").substr(0, n);
+        std::uint64_t words[2];
+        nv::short_str_words(text.data(), n, words);
+        const nv stored(text);
+        EXPECT_EQ(words[0], stored.word(0)) << n;
+        EXPECT_EQ(words[1], stored.word(1)) << n;
+        nv::short_str_words("abcdefghijklmnopz", n, words);  // what follows is not read
+        EXPECT_EQ(words[1], stored.word(1)) << n;
+    }
+    EXPECT_EQ(one.str_max_char(), std::uint32_t('k'));
+    EXPECT_EQ(empty.str_max_char(), 0u);
+    EXPECT_FALSE(accented.str_is_ascii());
+    // Canonical whatever the caller's bound on the code points says.
+    const nv loose = nv::str_unchecked("abc", 3, 0x10FFFF);
+    EXPECT_TRUE(loose.is_short_str());
+    expect_same_key(loose, nv("abc"));
+    EXPECT_TRUE(loose.identical(nv("abc")));
+    expect_different(nv("abc"), nv("abd"));
+    expect_different(nv("abc"), nv("abc "));
+    expect_different(nv("abc"), nv::bytes("abc"));
+    expect_different(nv(""), nv());
+    expect_different(full, over);
+    expect_different(nv("1"), nv(1));
+    EXPECT_EQ(nv("it's\n").repr(), "'it\\'s\\x0a'");
+    // Copies, moves and swaps carry the characters.
+    nv a(thirteen);
+    nv b = a;
+    EXPECT_TRUE(b.identical(a));
+    nv c = std::move(b);
+    EXPECT_TRUE(b.is_none());  // NOLINT(bugprone-use-after-move): moved-from is None
+    EXPECT_TRUE(b.identical(nv()));
+    EXPECT_EQ(c.str_view(), thirteen);
+    nv d(fourteen);
+    c.swap(d);
+    EXPECT_EQ(c.str_view(), fourteen);
+    EXPECT_EQ(d.str_view(), thirteen);
+    EXPECT_TRUE(d.is_short_str());
+    // As keys and values of a map, next to block strs and other kinds.
+    shared_map m;
+    for (int i = 0; i < 2000; ++i) {
+        const std::string k = "k" + std::to_string(i);
+        m = m.set(k, k).set(k + "-and-a-long-tail", i);
+    }
+    EXPECT_EQ(m.size(), 4000u);
+    for (int i = 0; i < 2000; i += 7) {
+        const std::string k = "k" + std::to_string(i);
+        ASSERT_NE(m.find(k), nullptr);
+        EXPECT_EQ(m.find(k)->str_view(), k);
+        EXPECT_EQ(*m.find(k + "-and-a-long-tail"), nv(i));
+        EXPECT_EQ(m.find(nv::bytes(k)), nullptr);
+    }
+    EXPECT_EQ(m.erase("k5").size(), 3999u);
+}
+
 TEST_F(Neutral, IdenticalIsCheaperThanEqual) {
     EXPECT_TRUE(nv(1).identical(nv(1)));
     EXPECT_FALSE(nv(1).identical(nv(1.0)));
     EXPECT_FALSE(nv(0.0).identical(nv(-0.0)));
-    const nv s("abc");
+    const nv s("a string in a block");
     const nv copy = s;
     EXPECT_TRUE(s.identical(copy));
-    EXPECT_FALSE(s.identical(nv("abc")));  // equal, but another block
+    EXPECT_FALSE(s.identical(nv("a string in a block")));  // equal, but another block
+    // Short strs have no block: equal ones are identical.
+    EXPECT_TRUE(nv("abc").identical(nv("abc")));
+    EXPECT_FALSE(nv("abc").identical(nv("abd")));
 }
 
 TEST_F(Neutral, LittleEndianBytes) {
@@ -428,7 +514,7 @@ TEST_F(Neutral, ConstructionIntoFreshMemory) {
 }
 
 TEST_F(Neutral, CopyMoveAndCounts) {
-    nv a("payload");
+    nv a("a payload in a block");
     EXPECT_EQ(a.use_count(), 1u);
     nv b = a;
     EXPECT_EQ(a.use_count(), 2u);

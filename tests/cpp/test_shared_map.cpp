@@ -185,6 +185,11 @@ TEST_F(SharedMap, ProbesFindStrAndBytesKeys) {
         EXPECT_EQ(p.value().hash(), nv("caf\xC3\xA9").hash());
         EXPECT_EQ(m.erase(p).size(), 3u);
         const auto b = neutral_probe::bytes("raw");
+        EXPECT_TRUE(b.is_inline());
+        const auto short_str = neutral_probe::str("short", 5, 127);
+        EXPECT_FALSE(short_str.is_inline());  // a short str: no block at all
+        EXPECT_TRUE(short_str.value().is_short_str());
+        EXPECT_EQ(m.find(short_str), nullptr);
         EXPECT_EQ(*m.find(b), nv(2));
         EXPECT_EQ(m.find(neutral_probe::str("raw", 3, 127)), nullptr);  // str is not bytes
         EXPECT_EQ(m.find(neutral_probe::bytes("caf\xC3\xA9")), nullptr);
@@ -203,7 +208,7 @@ TEST(SharedMapDeathTest, EscapedProbeAborts) {
         {
             shared_map keep;
             {
-                const auto p = pypersistent::neutral_probe::str("k", 1, 127);
+                const auto p = pypersistent::neutral_probe::str("caf\xC3\xA9", 4, 255);  // in the probe
                 keep = keep.set(p.value(), 1);
             }
         },
