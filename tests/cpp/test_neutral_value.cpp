@@ -403,12 +403,12 @@ TEST_F(Neutral, ShortStrsLiveInsideTheValue) {
     // As keys and values of a map, next to block strs and other kinds.
     shared_map m;
     for (int i = 0; i < 2000; ++i) {
-        const std::string k = "k" + std::to_string(i);
+        const std::string k = std::string("k").append(std::to_string(i));  // not "k" + ...: GCC 12 -Wrestrict false positive at -O3
         m = m.set(k, k).set(k + "-and-a-long-tail", i);
     }
     EXPECT_EQ(m.size(), 4000u);
     for (int i = 0; i < 2000; i += 7) {
-        const std::string k = "k" + std::to_string(i);
+        const std::string k = std::string("k").append(std::to_string(i));  // not "k" + ...: GCC 12 -Wrestrict false positive at -O3
         ASSERT_NE(m.find(k), nullptr);
         EXPECT_EQ(m.find(k)->str_view(), k);
         EXPECT_EQ(*m.find(k + "-and-a-long-tail"), nv(i));
