@@ -357,12 +357,13 @@ bool int64_of(PyObject* o, std::int64_t* out) {
 // SharedMap never holds). Returns conv::error with an error set (an unhashable key).
 //
 // Exact str and int keys, nearly every lookup, skip building a neutral key: a short ASCII str
-// is compared with the stored keys as the two words its short str would have; another str is hashed and compared where CPython keeps its UTF-8 (no copy into a
-// probe, no generic equality); an
-// int by its 64-bit value (a stored key of another numeric kind, 1.0 or True for 1, is compared
-// by the general rules). Everything else goes through with_lookup_key. will_read_value: the
-// caller converts the value found, so a str key's entry prefetches the value's block before
-// its own key block is read (two cache misses at once in a large map, not one after the other).
+// is compared with the stored keys as the two words its short str would have; another str is
+// hashed and compared where CPython keeps its UTF-8 (no copy into a probe, no generic
+// equality); an int by its 64-bit value (a stored key of another numeric kind, 1.0 or True for
+// 1, is compared by the general rules). Everything else goes through with_lookup_key.
+// will_read_value: the caller converts the value found, so a str key's entry prefetches the
+// value's block before its own key block is read (two cache misses at once in a large map, not
+// one after the other).
 // Map: shared_map or shared_transient (both have find_entry_matching and find).
 template <class Map>
 conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
@@ -376,7 +377,7 @@ conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool
                                         static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)));
             std::uint64_t probe[2];
             neutral_value::short_str_words(utf8.data(), utf8.size(), probe);
-            const auto* e = map.find_entry_matching(neutral_value::str_hash_of(utf8),
+            const auto* e = map.find_entry_matching(neutral_value::short_str_hash_of(probe),
                                                     [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
                 if (will_read_value) entry.second.prefetch();
                 return entry.first.word(0) == probe[0] && entry.first.word(1) == probe[1];

@@ -7,20 +7,23 @@
 // values is what CPython's small-int cache and string interning do too (`m[k] is m[k]` may now be
 // true; nothing promises either answer).
 //
-// Layout: two direct-mapped tables, allocated on first use. A slot holds a key and a strong
+// Layout: three direct-mapped tables, allocated on first use. A slot holds a key and a strong
 // reference to the object built for it. A key that misses is cached only when it misses on its
 // slot a second time before another key does (see admit), so that reads spread over more values
 // than the table holds do not churn the cache; a map whose values fit the table ends up with all
 // of them cached. Maps much larger than the table bypass it (max_cached_map_size).
 //   * ints (small_int values outside CPython's own small-int cache): keyed by the value itself,
 //     which identifies the object exactly.
-//   * strs (ASCII, up to max_cached_str_bytes): keyed by the address of the value's str block,
-//     or for a short str (no block; neutral_value.hpp) by a mix of its characters. The cache
-//     holds no reference to the block, so the address may meanwhile have been freed and reused
-//     for another string, and keys may collide; a hit is therefore proven by content: the cached str's
-//     length and characters must equal the block's bytes. Only compact ASCII strs are cached,
-//     whose characters are their UTF-8, so the comparison is a byte comparison. Long strs are
-//     left out: comparing them costs what copying does, and the table would keep them alive.
+//   * short strs (up to 13 ASCII characters inside the value, no block; neutral_value.hpp):
+//     a slot holds the value's two words, which are the str's whole content, so comparing them
+//     proves a hit without reading the cached object's characters.
+//   * other strs (ASCII, up to max_cached_str_bytes): keyed by the address of the value's str
+//     block. The cache holds no reference to the block, so the address may meanwhile have been
+//     freed and reused for another string, and keys may collide; a hit is therefore proven by
+//     content: the cached str's length and characters must equal the block's bytes. Only
+//     compact ASCII strs are cached, whose characters are their UTF-8, so the comparison is a
+//     byte comparison. Long strs are left out: comparing them costs what copying does, and the
+//     table would keep them alive.
 //
 // Thread safety: on GIL builds (including subinterpreters with their own GIL, where each
 // interpreter has its own module_state) the interpreter's GIL serialises every use of its
@@ -48,7 +51,7 @@ namespace pypersistent::python {
 
 // a[0..n) == b[0..n) for the short strings of most lookups without a call into libc's memcmp:
 // loads that overlap rather than a loop, and never past either end.
-PYPERSISTENT_ALWAYS_INLINE bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
+inline bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
     auto load8 = [](const char* p) {
         std::uint64_t v;
         std::memcpy(&v, p, 8);
@@ -106,12 +109,17 @@ public:
             if (s.object && s.key == key) return Py_NewRef(s.object);
             return admit(ints_, at, key, convert(v));
         }
+        if (v.is_short_str()) {
+            const std::uint64_t w0 = v.word(0), w1 = v.word(1);
+            if (!ensure_shorts()) return convert(v);
+            short_slot& s = shorts_[short_index_of(w0, w1)];
+            if (s.object && s.words[0] == w0 && s.words[1] == w1) return Py_NewRef(s.object);
+            return admit_short(s, w0, w1, convert(v));
+        }
         if (v.is_str() && v.str_is_ascii()) {
             const std::string_view bytes = v.str_view();
             if (bytes.size() > max_cached_str_bytes) return convert(v);
-            // A block str by its block's address; a short str (no block) by its characters.
-            const std::uint64_t key = v.is_short_str() ? neutral_detail::mix64(v.word(0) ^ (v.word(1) * 0x9E3779B97F4A7C15ull))
-                                                       : reinterpret_cast<std::uint64_t>(bytes.data()) >> 4;
+            const std::uint64_t key = reinterpret_cast<std::uint64_t>(bytes.data()) >> 4;  // the block's address
             const std::size_t at = index_of(key);
             if (!ensure_table(strs_)) return convert(v);
             const slot& s = strs_.slots[at];
@@ -134,6 +142,15 @@ public:
             t->slots = nullptr;
             t->candidates = nullptr;
         }
+        if (shorts_) {
+            for (std::size_t i = 0; i < slot_count; ++i) {
+                PyObject* old = shorts_[i].object;
+                shorts_[i].object = nullptr;
+                Py_XDECREF(old);
+            }
+            std::free(shorts_);
+            shorts_ = nullptr;
+        }
     }
 
 private:
@@ -148,6 +165,15 @@ private:
         std::uint64_t* candidates = nullptr;
     };
 
+    // A short str's slot: its two words are the str's whole content (neutral_value.hpp), so
+    // a hit is proven by comparing them, without reading the cached object's characters.
+    // candidate: short_fingerprint of the words that last missed here (see admit_short).
+    struct short_slot {
+        std::uint64_t words[2];
+        PyObject* object;  // strong; nullptr when empty
+        std::uint64_t candidate;
+    };
+
     // CPython returns its own immortal objects for these (PyLong_FromLongLong's small ints).
     static constexpr std::int64_t python_small_int_min = -5;
     static constexpr std::int64_t python_small_int_max = 256;
@@ -157,6 +183,37 @@ private:
     static std::size_t index_of(std::uint64_t key) noexcept {
         const std::uint64_t folded = key ^ (key >> slot_bits) ^ (key >> (2 * slot_bits));
         return static_cast<std::size_t>(folded & (slot_count - 1));
+    }
+
+    // A short str's words folded into one (any fold does: it only picks a slot and names a
+    // candidate; hits are proven by the words themselves). The slot is the product's top bits,
+    // which every bit of the fold reaches.
+    static std::uint64_t short_fingerprint(std::uint64_t w0, std::uint64_t w1) noexcept {
+        return w0 ^ neutral_detail::rotl(w1, 29);
+    }
+    static std::size_t short_index_of(std::uint64_t w0, std::uint64_t w1) noexcept {
+        return static_cast<std::size_t>((short_fingerprint(w0, w1) * 0x9E3779B97F4A7C15ull) >> (64 - slot_bits));
+    }
+
+    bool ensure_shorts() noexcept {
+        if (!shorts_) shorts_ = static_cast<short_slot*>(std::calloc(slot_count, sizeof(short_slot)));
+        return shorts_ != nullptr;
+    }
+
+    // admit for short strs: the same policy, the candidate kept in the slot.
+    static PyObject* admit_short(short_slot& s, std::uint64_t w0, std::uint64_t w1, PyObject* fresh) noexcept {
+        if (!fresh) return nullptr;
+        const std::uint64_t fingerprint = short_fingerprint(w0, w1);
+        if (s.object && s.candidate != fingerprint) {
+            s.candidate = fingerprint;
+            return fresh;
+        }
+        PyObject* old = s.object;
+        s.words[0] = w0;
+        s.words[1] = w1;
+        s.object = Py_NewRef(fresh);
+        Py_XDECREF(old);
+        return fresh;
     }
 
     // Allocates t on first use (slots and candidates in one block); false if that fails.
@@ -197,6 +254,7 @@ private:
 
     table ints_;
     table strs_;
+    short_slot* shorts_ = nullptr;
 };
 
 #else  // Py_GIL_DISABLED: no cache (see the top of this file)

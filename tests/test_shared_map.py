@@ -253,8 +253,9 @@ def test_transient_lookups_against_dict(operations, probes):
 
 
 # ---- the per-interpreter cache of looked-up values (src/shared_value_cache.hpp) ---------------
-# m[k] and get() hand out cached str and int objects: a direct-mapped table keyed by an int's
-# value or a str block's address, whose hits on strs are proven by comparing the characters.
+# m[k] and get() hand out cached str and int objects: direct-mapped tables keyed by an int's
+# value, a short str's two words (its whole content) or a str block's address, whose hits on
+# block strs are proven by comparing the characters.
 # These tests read values back through collisions, evictions and freed-and-reused blocks, and
 # check equality and exact type every time.
 
@@ -264,10 +265,11 @@ _CACHED_MAP_SIZE = 2 * _CACHE_SLOTS  # shared_value_cache::max_cached_map_size
 
 def _cacheable_and_not_values(n: int) -> list:
     """Strs and ints on both sides of every limit of the cache: ASCII up to 64 bytes and longer,
-    non-ASCII, empty and one-character strs, CPython's small ints and ints beyond them."""
+    non-ASCII, empty and one-character strs, CPython's small ints and ints beyond them. Half the
+    short strs differ only in their last 7 characters (the second of a short str's two words)."""
     values: list = []
     for i in range(n):
-        values.append(f"v{i}")
+        values.append(f"v{i}" if i % 2 else f"prefix{i:07d}")
         values.append(10_000 + i)
     values += ["", "a", "x" * 64, "x" * 65, "y" * 63 + "é", "日本", "\ud800", -5, 256, 257, -6, 2**63 - 1, -(2**63)]
     values += [2**64, 1.5, True, None, b"bytes", ("t", 1)]

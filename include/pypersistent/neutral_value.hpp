@@ -258,6 +258,31 @@ PYPERSISTENT_ALWAYS_INLINE std::uint64_t hash_bytes(const unsigned char* p, std:
     return mix64(h);
 }
 
+// The 128-bit product of a and b, its halves folded together by XOR (wyhash's "mum"): one
+// multiply that carries every input bit into every output bit through the high half.
+PYPERSISTENT_ALWAYS_INLINE std::uint64_t folded_multiply(std::uint64_t a, std::uint64_t b) noexcept {
+#if defined(__SIZEOF_INT128__)
+    const unsigned __int128 product = static_cast<unsigned __int128>(a) * b;
+    return static_cast<std::uint64_t>(product) ^ static_cast<std::uint64_t>(product >> 64);
+#else
+    const std::uint64_t a_lo = a & 0xFFFFFFFFull, a_hi = a >> 32, b_lo = b & 0xFFFFFFFFull, b_hi = b >> 32;
+    const std::uint64_t lo_lo = a_lo * b_lo, hi_lo = a_hi * b_lo, lo_hi = a_lo * b_hi, hi_hi = a_hi * b_hi;
+    const std::uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xFFFFFFFFull) + lo_hi;
+    const std::uint64_t high = hi_hi + (hi_lo >> 32) + (cross >> 32);
+    const std::uint64_t low = (cross << 32) | (lo_lo & 0xFFFFFFFFull);
+    return low ^ high;
+#endif
+}
+
+// The hash of a short str (neutral_value::kind::short_str) from its two words, which hold its
+// whole content: two folded multiplies instead of hashing its bytes, on the path of every
+// lookup of a short str key. The seeds set the top bit of a character byte in each word (the
+// characters are ASCII, so it is clear there): neither factor can be zero, whatever the str.
+PYPERSISTENT_ALWAYS_INLINE std::uint64_t short_str_hash(std::uint64_t word0, std::uint64_t word1) noexcept {
+    const std::uint64_t h = folded_multiply(word0 ^ 0xA0761D6478BD642Full, word1 ^ 0xE7037ED1A0B428DBull);
+    return folded_multiply(h ^ 0x8EBC6AF09C88C6E3ull, 0x589965CC75374CC3ull);
+}
+
 constexpr std::uint64_t str_seed = 0x7374725F6E657574ull;    // "str_neut"
 constexpr std::uint64_t bytes_seed = 0x62797465735F6E65ull;  // "bytes_ne"
 constexpr std::uint64_t tuple_seed = 0x7475706C655F6E65ull;
@@ -552,14 +577,25 @@ public:
     }
     // A str's hash() (cached in a block; a short str's is computed), without hash()'s dispatch.
     hash_t str_hash() const noexcept {
-        if (kind_ == kind::short_str) return str_hash_of({short_data(), short_size()});
+        if (kind_ == kind::short_str) return neutral_detail::short_str_hash(word(0), word(1));
         return text()->hash;
     }
     // The hash() of the str whose UTF-8 is utf8, without building one: a binding's lookups hash
     // a Python str's UTF-8 where it lies (persistent_map::find_entry_matching).
+    // (A str that fits a short str hashes by its words, as str_hash does, whatever form the
+    // caller holds it in.)
     static PYPERSISTENT_ALWAYS_INLINE hash_t str_hash_of(std::string_view utf8) noexcept {
+        if (fits_short_str(utf8.data(), utf8.size(), 0x80)) {
+            std::uint64_t words[2];
+            short_str_words(utf8.data(), utf8.size(), words);
+            return neutral_detail::short_str_hash(words[0], words[1]);
+        }
         return neutral_detail::hash_bytes(reinterpret_cast<const unsigned char*>(utf8.data()), utf8.size(),
                                           neutral_detail::str_seed);
+    }
+    // str_hash_of for the characters whose short str has these words (short_str_words).
+    static PYPERSISTENT_ALWAYS_INLINE hash_t short_str_hash_of(const std::uint64_t words[2]) noexcept {
+        return neutral_detail::short_str_hash(words[0], words[1]);
     }
     std::size_t str_length() const noexcept { return kind_ == kind::short_str ? short_size() : text()->length; }
     std::uint32_t str_max_char() const noexcept {
@@ -638,7 +674,11 @@ private:
 
     // A short str's size and characters (see the layout above): byte 1, and bytes 2 onwards.
     std::size_t short_size() const noexcept { return static_cast<unsigned char>(short_[0]); }
-    const char* short_data() const noexcept { return reinterpret_cast<const char*>(this) + 2; }
+    const char* short_data() const noexcept {
+        static_assert(offsetof(neutral_value, short_) == 1 && offsetof(neutral_value, u_) == 8,
+                      "a short str's characters run from byte 2 to byte 14, across short_ and u_");
+        return reinterpret_cast<const char*>(this) + 2;
+    }
     char* short_data() noexcept { return reinterpret_cast<char*>(this) + 2; }
 
     // Whether size bytes of str UTF-8 fit in a short str: ASCII (known from max_char when it is
@@ -665,10 +705,15 @@ private:
         v.u_.p = block;
         return v;
     }
-    static neutral_value make_text(kind k, const char* data, std::size_t size, std::size_t length, std::uint32_t max_char) {
+    // A str or bytes value: a short str when it fits one, else a block with the characters, in
+    // storage (storage_size bytes, owned by the caller: neutral_probe) when they fit there, else
+    // allocated.
+    static neutral_value make_text(kind k, const char* data, std::size_t size, std::size_t length, std::uint32_t max_char,
+                                   void* storage = nullptr, std::size_t storage_size = 0) {
         using neutral_detail::text_block;
         if (k == kind::str && fits_short_str(data, size, max_char)) return make_short_str(data, size);
-        void* mem = neutral_detail::allocate_block(sizeof(text_block) + size + 1);
+        const std::size_t block_size = sizeof(text_block) + size + 1;
+        void* mem = block_size <= storage_size ? storage : neutral_detail::allocate_block(block_size);
         auto* b = new (mem) text_block(k == kind::str ? neutral_detail::heap_kind::str : neutral_detail::heap_kind::bytes,
                                        size, length, max_char);
         if (size) std::memcpy(b->data(), data, size);
@@ -692,16 +737,10 @@ private:
     kind kind_;
     char short_[7] = {};  // a short str's size and first characters; zero for every other kind
     payload u_;
-
-    static void check_layout() noexcept;
 };
 
 static_assert(sizeof(neutral_value) == 16, "neutral_value is a tag, 7 bytes and an 8-byte payload");
 static_assert(std::is_standard_layout<neutral_value>::value, "short strs address the value's bytes");
-inline void neutral_value::check_layout() noexcept {
-    static_assert(offsetof(neutral_value, short_) == 1 && offsetof(neutral_value, u_) == 8,
-                  "a short str's characters run from byte 2 to byte 14, across short_ and u_");
-}
 static_assert(std::is_nothrow_move_constructible<neutral_value>::value, "tries relocate keys in place");
 
 // A str or bytes key for lookups (find / contains / erase / find_hashed) that needs no heap
@@ -737,28 +776,9 @@ public:
     bool is_inline() const noexcept { return inline_; }
 
 private:
-    neutral_probe(neutral_value::kind k, std::string_view data, std::size_t length, std::uint32_t max_char) {
-        using neutral_detail::text_block;
-        if (k == neutral_value::kind::str && neutral_value::fits_short_str(data.data(), data.size(), max_char)) {
-            value_ = neutral_value::make_short_str(data.data(), data.size());  // no block at all
-            return;
-        }
-        if (sizeof(text_block) + data.size() + 1 > sizeof storage_) {
-            value_ = neutral_value::make_text(k, data.data(), data.size(), length, max_char);
-            return;
-        }
-        auto* b = new (storage_) text_block(k == neutral_value::kind::str ? neutral_detail::heap_kind::str
-                                                                          : neutral_detail::heap_kind::bytes,
-                                            data.size(), length, max_char);
-        if (!data.empty()) std::memcpy(b->data(), data.data(), data.size());
-        b->data()[data.size()] = '\0';
-        b->hash = neutral_detail::hash_bytes(reinterpret_cast<const unsigned char*>(b->data()), data.size(),
-                                             k == neutral_value::kind::str ? neutral_detail::str_seed
-                                                                           : neutral_detail::bytes_seed);
-        value_.kind_ = k;
-        value_.u_.p = b;
-        inline_ = true;
-    }
+    neutral_probe(neutral_value::kind k, std::string_view data, std::size_t length, std::uint32_t max_char)
+        : value_(neutral_value::make_text(k, data.data(), data.size(), length, max_char, storage_, sizeof storage_)),
+          inline_(value_.is_heap() && value_.u_.p == static_cast<void*>(storage_)) {}
     // Guaranteed copy elision returns probes from the factories without moving them.
 
     alignas(neutral_detail::text_block) unsigned char storage_[sizeof(neutral_detail::text_block) + inline_capacity + 1];

@@ -506,9 +506,10 @@ struct shared_registry_export {
     unsigned value_bytes, map_bytes, registry_bytes, node_header_bytes;
     pypersistent::shared_cell_registry* registry;
 };
-// Raised whenever neutral values change form without changing size (2: short strs stored inside
-// the value), so that a host built from older headers is refused rather than misreading them.
-constexpr unsigned shared_registry_export_version = 2;
+// Raised whenever neutral values change form or hash without changing size (2: short strs
+// stored inside the value; 3: short strs hashed by their words), so that a host built from older
+// headers is refused rather than misreading them or searching with other hashes.
+constexpr unsigned shared_registry_export_version = 3;
 
 inline shared_registry_export make_shared_registry_export(pypersistent::shared_cell_registry* registry) noexcept {
     return {shared_registry_export_version,

@@ -10,9 +10,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -247,6 +249,45 @@ TEST_F(Neutral, StrHashOfMatchesBuiltStrsAndTheBytewiseTail) {
     for (std::size_t n = 0; n <= high.size(); ++n) {
         const auto* p = reinterpret_cast<const unsigned char*>(high.data());
         EXPECT_EQ(hash_bytes(p, n, bytes_seed), bytewise_hash(p, n, bytes_seed)) << n;
+    }
+}
+
+// Short strs hash by their two words (short_str_hash): the same hash whatever form the caller
+// holds the characters in (str_hash_of of the UTF-8, the value, its words), and hashes that
+// spread: keys differing only in a late character, or only in their length (trailing NULs),
+// get distinct hashes, and the trie's first fragments are all used evenly.
+TEST_F(Neutral, ShortStrHashesAgreeAndSpread) {
+    std::uint64_t words[2];
+    std::vector<std::uint64_t> hashes;
+    std::vector<int> first_fragment(32), second_fragment(32);
+    auto add = [&](const std::string& s) {
+        ASSERT_LE(s.size(), nv::short_str_capacity);
+        const nv v(s);
+        ASSERT_TRUE(v.is_short_str());
+        nv::short_str_words(s.data(), s.size(), words);
+        EXPECT_EQ(nv::short_str_hash_of(words), v.hash()) << s;
+        EXPECT_EQ(nv::str_hash_of(s), v.hash()) << s;
+        hashes.push_back(v.hash());
+        ++first_fragment[v.hash() & 31];
+        ++second_fragment[(v.hash() >> 5) & 31];
+    };
+    std::set<std::string> strs;
+    for (int i = 0; i < 100000; ++i) {
+        std::string late("abcdefghijkl");  // 12 characters, then one that varies with i
+        late.append(1, static_cast<char>(i % 128));
+        late[6 + (i / 128) % 6] = static_cast<char>('A' + (i / 768) % 26);
+        strs.insert(late);
+        strs.insert(std::string("k").append(std::to_string(i)));
+    }
+    for (std::size_t n = 0; n <= nv::short_str_capacity; ++n) strs.insert(std::string(n, '\0'));
+    for (const std::string& s : strs) add(s);
+    std::vector<std::uint64_t> sorted = hashes;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "two short strs share a hash";
+    const double expected = static_cast<double>(hashes.size()) / 32;
+    for (int f = 0; f < 32; ++f) {
+        EXPECT_NEAR(first_fragment[f], expected, expected * 0.05) << f;
+        EXPECT_NEAR(second_fragment[f], expected, expected * 0.05) << f;
     }
 }
 
