@@ -57,6 +57,7 @@ struct SharedMapObject {
     std::atomic<Py_hash_t> hash;  // hash_not_computed until computed
     PyObject* weakreflist;
     module_state* state;
+    handle_value_cache values;  // see shared_value_cache.hpp
 };
 
 struct SharedIteratorObject {
@@ -130,6 +131,7 @@ PyObject* new_shared(module_state* state, shared_map&& map) {
     new (&m->hash) std::atomic<Py_hash_t>(hash_not_computed);
     m->weakreflist = nullptr;
     m->state = state;
+    new (&m->values) handle_value_cache();
     return reinterpret_cast<PyObject*>(m);
 }
 
@@ -620,8 +622,10 @@ PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
         const neutral_value* v;
         const conv r = find_value(m->map, key, &v, true);
         if (v) {
-            result = m->state->shared_values.get(*v, m->map.size(),
-                                                 [m](const neutral_value& x) { return to_python(x, m->state); });
+            const std::size_t size = m->map.size();
+            result = m->values.get(*v, size, [m, size](const neutral_value& x) {
+                return m->state->shared_values.get(x, size, [m](const neutral_value& y) { return to_python(y, m->state); });
+            });
             failed = result == nullptr;
         }
         return r;
@@ -1029,6 +1033,7 @@ void shared_dealloc(PyObject* self) {
     SharedMapObject* m = as_shared(self);
     PyTypeObject* type = Py_TYPE(self);
     if (m->weakreflist) PyObject_ClearWeakRefs(self);
+    m->values.~handle_value_cache();
     m->map.~shared_map();
     m->hash.~atomic();
     type->tp_free(self);

@@ -7,6 +7,10 @@
 // values is what CPython's small-int cache and string interning do too (`m[k] is m[k]` may now be
 // true; nothing promises either answer).
 //
+// Reads through a SharedMap object of a small map look first in that object's own
+// handle_value_cache (at the end of this file), keyed by where the value lies in the trie; its
+// misses, and reads of larger maps, come here.
+//
 // Layout: three direct-mapped tables, allocated on first use. A slot holds a key and a strong
 // reference to the object built for it. A key that misses is cached only when it misses on its
 // slot a second time before another key does (see admit), so that reads spread over more values
@@ -257,7 +261,97 @@ private:
     short_slot* shorts_ = nullptr;
 };
 
+// The objects that one SharedMap object (one interpreter's handle on one version) returned,
+// keyed by the address of the value inside the trie. The handle holds its version, so every
+// node of it stays alive and unchanged while the table exists: an address names one value for
+// the table's whole life, and a hit needs no proof (no hashing, no comparing characters), which
+// shared_value_cache's content-keyed tables cannot skip. Values of every kind are cached (they
+// are all immutable). A miss goes on to the interpreter's shared_value_cache.
+//
+// Only for maps of at most max_map_size entries, and allocated only once the handle has served
+// as many reads as half its map's entries, so that a map read a few times never pays for the
+// table: 4 slots per entry (16 bytes each), direct-mapped by the value's address.
+//
+// Thread safety: as shared_value_cache (the interpreter's GIL; compiled out on free-threaded
+// builds). A conversion on a miss may run Python code (allocating a tuple may start the cycle
+// collector, which runs finalizers), and that code may read this handle again: the slot is
+// written after the conversion returns, the object it held released after that, and the table
+// is freed only by the handle's deallocation, which cannot run while a read holds the handle.
+// The cached objects refer to nothing that refers to the handle (conversions build new
+// objects), so they form no cycle through it.
+class handle_value_cache {
+public:
+    static constexpr std::size_t max_map_size = 2048;
+
+    handle_value_cache() = default;
+    handle_value_cache(const handle_value_cache&) = delete;
+    handle_value_cache& operator=(const handle_value_cache&) = delete;
+    ~handle_value_cache() { clear(); }
+
+    // A new reference to an object for v, the value stored in the handle's trie (v is that
+    // value itself, not a copy): the cached one, or convert(v) (a new reference, or nullptr
+    // with an error set), remembered.
+    template <class Convert>
+    PyObject* get(const neutral_value& v, std::size_t map_size, Convert&& convert) {
+        if (!slots_ && !ensure_table(map_size)) return convert(v);
+        const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(&v) / entry_bytes;
+        slot& s = slots_[(at ^ (at >> slot_bits_)) & (slot_count() - 1)];
+        if (s.value == &v) return Py_NewRef(s.object);
+        PyObject* fresh = convert(v);
+        if (!fresh) return nullptr;
+        PyObject* old = s.object;
+        s.value = &v;
+        s.object = Py_NewRef(fresh);
+        Py_XDECREF(old);
+        return fresh;
+    }
+
+    // Releases every cached object and the table.
+    void clear() noexcept {
+        if (!slots_) return;
+        slot* slots = slots_;
+        const std::size_t n = slot_count();
+        slots_ = nullptr;
+        for (std::size_t i = 0; i < n; ++i) Py_XDECREF(slots[i].object);
+        std::free(slots);
+    }
+
+private:
+    // Entries (key, value) are adjacent in a node: consecutive entries get consecutive slots.
+    static constexpr std::size_t entry_bytes = 2 * sizeof(neutral_value);
+    struct slot {
+        const neutral_value* value;  // nullptr when empty
+        PyObject* object;            // strong
+    };
+
+    std::size_t slot_count() const noexcept { return std::size_t(1) << slot_bits_; }
+
+    bool ensure_table(std::size_t map_size) noexcept {
+        if (map_size > max_map_size || ++reads_ < map_size / 2) return false;
+        unsigned bits = 4;
+        while ((std::size_t(1) << bits) < 4 * map_size) ++bits;
+        slots_ = static_cast<slot*>(std::calloc(std::size_t(1) << bits, sizeof(slot)));
+        if (!slots_) return false;
+        slot_bits_ = bits;
+        return true;
+    }
+
+    slot* slots_ = nullptr;
+    unsigned slot_bits_ = 0;
+    std::size_t reads_ = 0;  // reads before the table exists
+};
+
 #else  // Py_GIL_DISABLED: no cache (see the top of this file)
+
+class handle_value_cache {
+public:
+    template <class Convert>
+    PyObject* get(const neutral_value& v, std::size_t, Convert&& convert) {
+        return convert(v);
+    }
+    void clear() noexcept {}
+};
+
 
 class shared_value_cache {
 public:

@@ -331,6 +331,103 @@ def test_looked_up_values_may_be_shared_but_never_change():
     assert m["n"] == 123_456 and n == 123_457
 
 
+# A SharedMap object of a small map keeps the objects it returned in its own table, keyed by
+# where each value lies in the trie (handle_value_cache in src/shared_value_cache.hpp): built
+# once the object has served half as many reads as the map has entries.
+_HANDLE_CACHED_MAP_SIZE = 2048  # handle_value_cache::max_map_size
+
+
+def _values_of_every_kind(n: int) -> list:
+    kinds = [
+        lambda i: 10_000 + i,
+        lambda i: f"s{i}",
+        lambda i: f"a long str value, number {i}",
+        lambda i: i + 0.5,
+        lambda i: ("t", i, (i, "nested")),
+        lambda i: SharedMap({"inner": i}),
+        lambda i: str(i).encode(),
+        lambda i: 2**70 + i,
+        lambda i: None,
+        lambda i: i % 2 == 0,
+        lambda i: "é" * (i % 5),
+    ]
+    return [kinds[i % len(kinds)](i) for i in range(n)]
+
+
+@pytest.mark.parametrize("size", [1, 7, 300, _HANDLE_CACHED_MAP_SIZE, _HANDLE_CACHED_MAP_SIZE + 1])
+def test_a_handles_reads_stay_right_once_it_caches_them(size):
+    values = _values_of_every_kind(size)
+    m = SharedMap({i: v for i, v in enumerate(values)})
+    orders = [list(range(size)), list(reversed(range(size))), sorted(range(size), key=lambda i: (i * 7919) % size)]
+    for order in orders * 2:  # the table is built during the first passes, then hit
+        for i in order:
+            for got in (m[i], m.get(i)):
+                assert got == values[i] and same_typed(got, values[i]), (size, i, got, values[i])
+    # A new version is a new handle: its changed and unchanged values read right, and the old
+    # version's reads do not change.
+    changed = m.set(0, "changed").delete(size - 1) if size > 1 else m.set(0, "changed")
+    for _ in range(2):
+        assert changed[0] == "changed" and m[0] == values[0] and same_typed(m[0], values[0])
+        if size > 1:
+            assert size - 1 not in changed and m[size - 1] == values[size - 1]
+        for i in range(1, size - 1):
+            assert changed[i] == values[i] and same_typed(changed[i], values[i])
+
+
+def test_a_handles_cache_survives_reads_from_finalizers_and_gc():
+    # Converting a tuple value allocates a tuple, which may start the cycle collector; a
+    # finalizer it runs reads the same map (re-entering its cache) and drops other versions.
+    import gc
+
+    values = {i: (i, f"v{i}") if i % 2 else f"s{i}" for i in range(200)}
+    m = SharedMap(values)
+    seen = []
+
+    class Reader:
+        def __init__(self):
+            self.cycle = self
+
+        def __del__(self):
+            for j in range(0, 200, 17):
+                seen.append(m[j] == values[j] and m.get(j) == values[j])
+
+    old = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    try:
+        for round_ in range(20):
+            for i in range(200):
+                Reader()
+                got = m[i]
+                assert got == values[i] and same_typed(got, values[i]), (round_, i, got)
+    finally:
+        gc.set_threshold(*old)
+    gc.collect()
+    assert seen and all(seen)
+
+
+def test_a_handles_cache_is_released_with_the_handle():
+    # Objects a handle cached are freed when the handle goes: reading many maps many times
+    # and dropping them leaves about as many allocated blocks as only building them.
+    import gc
+    import sys
+
+    def growth(read: bool) -> int:
+        gc.collect()
+        before = sys.getallocatedblocks()
+        for round_ in range(20):
+            m = SharedMap({i: f"value {round_} {i}" for i in range(1_000)})
+            if read:
+                for _ in range(3):
+                    for i in range(1_000):
+                        m[i]
+            del m
+        gc.collect()
+        return sys.getallocatedblocks() - before
+
+    growth(True)  # warm the interpreter's own caches
+    assert growth(True) - growth(False) < 300
+
+
 def test_bytes_and_str_are_distinct():
     m = SharedMap({"a": 1, b"a": 2})
     assert len(m) == 2 and m["a"] == 1 and m[b"a"] == 2

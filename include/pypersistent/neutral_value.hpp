@@ -569,8 +569,10 @@ public:
     }
     // Asks the CPU to start loading this value's heap block (nothing for inline kinds): a lookup
     // that will convert the value it finds starts that cache miss while it compares the key,
-    // whose block is another miss, instead of after.
-    void prefetch() const noexcept {
+    // whose block is another miss, instead of after. Forced inline: GCC counts a prefetch as no
+    // effect at all, may find a function that only prefetches pure, and drop calls to it that
+    // it has not inlined.
+    PYPERSISTENT_ALWAYS_INLINE void prefetch() const noexcept {
 #if defined(__GNUC__) || defined(__clang__)
         if (is_heap()) __builtin_prefetch(u_.p);
 #endif

@@ -619,8 +619,10 @@ struct sorted_btree {
 
     // Asks for every cache line of a node a search is about to read: a binary search's probes
     // land on different lines one after the other, each waiting for the last; fetched together,
-    // a node costs about one memory round trip instead of one per probe.
-    static void prefetch_node(const node* n, unsigned level) noexcept {
+    // a node costs about one memory round trip instead of one per probe. Forced inline: GCC
+    // finds a function that only prefetches pure and may drop calls to it that it does not
+    // inline first.
+    static PYPERSISTENT_ALWAYS_INLINE void prefetch_node(const node* n, unsigned level) noexcept {
 #if defined(__GNUC__) || defined(__clang__)
         const char* p = reinterpret_cast<const char*>(n);
         const std::size_t bytes = level == 0 ? leaf_bytes(n->count) : inner_bytes(n->count);
