@@ -275,12 +275,12 @@ PYPERSISTENT_ALWAYS_INLINE std::uint64_t folded_multiply(std::uint64_t a, std::u
 }
 
 // The hash of a short str (neutral_value::kind::short_str) from its two words, which hold its
-// whole content: two folded multiplies instead of hashing its bytes, on the path of every
-// lookup of a short str key. The seeds set the top bit of a character byte in each word (the
+// whole content: one folded multiply of the two, instead of hashing its bytes, on the path of
+// every lookup of a short str key (a second multiply lengthened every lookup and spread the
+// trie's fragments no better: benchmarks/results/shared.md). The seeds set the top bit of a character byte in each word (the
 // characters are ASCII, so it is clear there): neither factor can be zero, whatever the str.
 PYPERSISTENT_ALWAYS_INLINE std::uint64_t short_str_hash(std::uint64_t word0, std::uint64_t word1) noexcept {
-    const std::uint64_t h = folded_multiply(word0 ^ 0xA0761D6478BD642Full, word1 ^ 0xE7037ED1A0B428DBull);
-    return folded_multiply(h ^ 0x8EBC6AF09C88C6E3ull, 0x589965CC75374CC3ull);
+    return folded_multiply(word0 ^ 0xA0761D6478BD642Full, word1 ^ 0xE7037ED1A0B428DBull);
 }
 
 constexpr std::uint64_t str_seed = 0x7374725F6E657574ull;    // "str_neut"

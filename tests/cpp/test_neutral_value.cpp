@@ -278,6 +278,7 @@ TEST_F(Neutral, ShortStrHashesAgreeAndSpread) {
         late[6 + (i / 128) % 6] = static_cast<char>('A' + (i / 768) % 26);
         strs.insert(late);
         strs.insert(std::string("k").append(std::to_string(i)));
+        strs.insert(std::string("user:").append(std::to_string(i * 7)));
     }
     for (std::size_t n = 0; n <= nv::short_str_capacity; ++n) strs.insert(std::string(n, '\0'));
     for (const std::string& s : strs) add(s);
