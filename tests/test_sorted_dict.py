@@ -399,6 +399,39 @@ def test_str_keys_that_differ_around_each_eight_byte_word():
     assert all(m[k] == len(k) for k in keys)
 
 
+def test_short_latin1_keys_are_found_by_equal_copies_and_never_confused():
+    # Latin-1 strs of up to 16 characters with no NUL lie whole in their inline bytes, and two
+    # such keys with equal bytes are taken as equal without reading either object; with a NUL,
+    # or longer, equal bytes decide nothing. Probes are fresh copies (never the stored objects).
+    base = ["", "a", "ab", "x" * 15, "x" * 16, "x" * 17, "é" * 16, "ÿ" * 15 + "a", "user:00012345"]
+    keys = set(base)
+    keys |= {k + "\0" for k in base} | {k + "\0a" for k in base} | {"\0" + k for k in base}
+    keys |= {k[:-1] for k in base if k}
+    keys = sorted(keys)
+    stored = {k: i for i, k in enumerate(keys)}
+    m = S.from_dict(stored)
+    t = S().transient()
+    for k in reversed(keys):
+        t[k] = stored[k]
+    grown = t.persistent()
+
+    def copy_of(k: str) -> str:
+        return "".join(list(k))  # a new object, but for CPython's cached 0- and 1-character strs
+
+    for mm in (m, grown):
+        assert list(mm) == keys
+        for k in keys:
+            probe = copy_of(k)
+            assert probe == k
+            assert mm[probe] == stored[k] and probe in mm and mm.get(probe) == stored[k]
+            assert mm.floor(probe) == (k, stored[k]) and mm.ceiling(probe) == (k, stored[k])
+        for absent in ("b", "a\0\0\0", "x" * 18, "é" * 17, "user:00012346", "ÿ" * 16):
+            assert absent not in mm and mm.get(absent) is None
+        smaller = mm.delete(copy_of("x" * 16))
+        assert "x" * 16 not in smaller and "x" * 15 in smaller and "x" * 17 in smaller
+        assert len(smaller) == len(mm) - 1 and "x" * 16 in mm
+
+
 # ---- hostile keys: raising, inconsistent and unorderable -------------------------------------------
 
 

@@ -323,15 +323,19 @@ private:
 // nearly every sorted map holds, 16 bytes that decide most comparisons without reading the key
 // object: an exact int that fits in 64 bits carries its value; a latin-1 str (one byte per code
 // point) its first sixteen bytes, big-endian and zero-padded, so that two different prefixes
-// order the strs as `<` does (equal prefixes decide nothing: the rest of the strs is compared).
-// A lookup makes about log2(n) comparisons, each against a stored key: decided inline, a descent
+// order the strs as `<` does (equal prefixes decide nothing: the rest of the strs is compared),
+// unless both strs are whole in them (at most sixteen characters, none of them NUL, so that the
+// zero padding marks where each ends): two such strs with equal prefixes are equal, and the
+// comparison that finds the key a lookup asks for reads neither object. A lookup makes about log2(n) comparisons, each against a stored key: decided inline, a descent
 // through a large map costs one cache miss per level instead of one per comparison. The kind of
 // the inline bytes lives in the low bits of the object pointer (objects are at least 4-byte
 // aligned), so a key is three words. Any other pair of keys compares through object_less: the
 // order is Python's `<`.
 class sorted_key {
 public:
-    enum kind : std::uintptr_t { other = 0, exact_int = 1, latin1_prefix = 2 };
+    // latin1_whole: latin1_prefix whose str lies whole in the prefix (see above); the two
+    // latin-1 kinds share the bit latin1_prefix, so keys of either kind compare by prefix.
+    enum kind : std::uintptr_t { other = 0, exact_int = 1, latin1_prefix = 2, latin1_whole = 3 };
 
     // Implicit: every key a caller passes in (a probe, a new key) is a PyObject*.
     sorted_key(PyObject* o) noexcept : tagged_(reinterpret_cast<std::uintptr_t>(o)), bits_(0), more_bits_(0) {
@@ -342,7 +346,8 @@ public:
             const Py_ssize_t length = PyUnicode_GET_LENGTH(o);
             bits_ = static_cast<std::int64_t>(eight_bytes_of(s, length, 0));
             more_bits_ = eight_bytes_of(s, length, 8);
-            tagged_ |= latin1_prefix;
+            const bool whole = length <= 16 && std::memchr(s, 0, static_cast<std::size_t>(length)) == nullptr;
+            tagged_ |= whole ? latin1_whole : latin1_prefix;
         }
     }
     PyObject* object() const noexcept { return reinterpret_cast<PyObject*>(tagged_ & ~kind_mask); }
@@ -389,16 +394,16 @@ private:
 static_assert(alignof(PyObject) >= 4, "sorted_key keeps its kind in the low bits of an object pointer");
 
 struct sorted_key_less {
-    // Inline, with no jump on the answer (the search selects on it): two keys of one inline kind
-    // whose inline bytes differ. The rest (equal prefixes, other keys) is out of line.
+    // Inline, with no jump on the answer (the search selects on it): two ints, two latin-1 strs
+    // whose inline bytes differ, two whole latin-1 strs. The rest (equal prefixes of longer
+    // strs, other keys) is out of line.
     PYPERSISTENT_ALWAYS_INLINE bool operator()(const sorted_key& a, const sorted_key& b) const {
-        const sorted_key::kind k = a.key_kind();
-        if (k == b.key_kind()) {
-            if (k == sorted_key::exact_int) return a.int_value() < b.int_value();
-            if (k == sorted_key::latin1_prefix) {
-                const std::uint64_t ap = a.prefix(), bp = b.prefix(), ar = a.prefix_rest(), br = b.prefix_rest();
-                if (((ap ^ bp) | (ar ^ br)) != 0) return (ap < bp) | ((ap == bp) & (ar < br));
-            }
+        const sorted_key::kind k = a.key_kind(), bk = b.key_kind();
+        if (k == sorted_key::exact_int && bk == sorted_key::exact_int) return a.int_value() < b.int_value();
+        if ((k & bk & sorted_key::latin1_prefix) != 0) {
+            const std::uint64_t ap = a.prefix(), bp = b.prefix(), ar = a.prefix_rest(), br = b.prefix_rest();
+            if (((ap ^ bp) | (ar ^ br)) != 0) return (ap < bp) | ((ap == bp) & (ar < br));
+            if ((k & bk) == sorted_key::latin1_whole) return false;  // the same str
         }
         return out_of_line(a, b);
     }
@@ -406,8 +411,10 @@ struct sorted_key_less {
 private:
     PYPERSISTENT_NOINLINE
     static bool out_of_line(const sorted_key& a, const sorted_key& b) {
-        if (a.key_kind() == sorted_key::latin1_prefix && b.key_kind() == sorted_key::latin1_prefix) {
+        if ((a.key_kind() & b.key_kind() & sorted_key::latin1_prefix) != 0) {
             // Equal prefixes: the first sixteen bytes (or all of the shorter str) are the same.
+            // One str object is not less than itself (no need to read it: exact strs).
+            if (a.same_object(b)) return false;
             return object_less::latin1_less(a.object(), b.object(), 16);
         }
         return object_less{}(a.object(), b.object());
