@@ -53,7 +53,7 @@ using shared_iterator = shared_map::iterator;
 
 struct SharedMapObject {
     PyObject_HEAD
-    shared_map map;
+    shared_map map;  // set once by new_shared, never changed: `values` keys on its nodes' addresses
     std::atomic<Py_hash_t> hash;  // hash_not_computed until computed
     PyObject* weakreflist;
     module_state* state;
