@@ -262,7 +262,9 @@ PYPERSISTENT_ALWAYS_INLINE std::uint64_t hash_bytes(const unsigned char* p, std:
 // multiply that carries every input bit into every output bit through the high half.
 PYPERSISTENT_ALWAYS_INLINE std::uint64_t folded_multiply(std::uint64_t a, std::uint64_t b) noexcept {
 #if defined(__SIZEOF_INT128__)
-    const unsigned __int128 product = static_cast<unsigned __int128>(a) * b;
+    // __extension__: the type is a GCC/Clang extension, which -Wpedantic would reject.
+    __extension__ typedef unsigned __int128 uint128;
+    const uint128 product = static_cast<uint128>(a) * b;
     return static_cast<std::uint64_t>(product) ^ static_cast<std::uint64_t>(product >> 64);
 #else
     const std::uint64_t a_lo = a & 0xFFFFFFFFull, a_hi = a >> 32, b_lo = b & 0xFFFFFFFFull, b_hi = b >> 32;
