@@ -306,3 +306,94 @@ def test_interpreter_teardown_releases_the_cached_values():
 
     without_cache, with_cache = growth(False), growth(True)
     assert with_cache - without_cache < n // 3, (with_cache, without_cache)
+
+
+# ---- hostile code inside subinterpreters ------------------------------------------------------
+
+HOSTILE_SWAPS = """
+import gc
+from pypersistent import SharedAtom, SharedMap
+atom = SharedAtom(NAME)
+start = atom.deref()
+
+# A swap function that raises leaves the cell as it was; the error is the caller's own.
+try:
+    atom.swap(lambda m: 1 / 0)
+except ZeroDivisionError:
+    pass
+else:
+    raise AssertionError("swap swallowed the function's error")
+try:
+    atom.swap(lambda m: [m])  # not a map
+except TypeError:
+    pass
+else:
+    raise AssertionError("swap accepted a list")
+assert atom.deref() is start or atom.deref() == start
+
+# One that re-enters: it resets the same cell through a second handle (so the swap must retry on
+# the newer version) and drops this interpreter's name for the handle it was called through.
+calls = []
+def bump(m):
+    global atom
+    calls.append(m)
+    if len(calls) == 1:
+        SharedAtom(NAME).reset(m.set("n", m["n"] + 100))
+        del atom
+        gc.collect()
+    return m.set("n", m["n"] + 1).set(("sub", len(calls)), SharedMap({"calls": len(calls)}))
+
+handle = SharedAtom(NAME)
+result = handle.swap(bump)
+assert len(calls) == 2 and calls[1]["n"] == calls[0]["n"] + 100, [dict(c) for c in calls]
+assert result["n"] == calls[0]["n"] + 101 and handle.deref() == result
+
+# compare_and_set against a version this interpreter did not read is refused.
+assert not handle.compare_and_set(calls[0], SharedMap())
+assert handle.deref() == result
+
+# A map the main interpreter built, read here, updated and published back.
+other = SharedAtom(OTHER).deref()
+handle.reset(result.set("from_main", other).set("main_sum", sum(other.values())))
+
+# Leave maps behind in every place an interpreter's teardown has to release them: a global, a
+# reference cycle through a list, an exception's traceback.
+kept = result.set("kept", True)
+cycle = [kept]
+cycle.append(cycle)
+try:
+    raise ValueError(kept)
+except ValueError as error:
+    pending = error
+"""
+
+
+def test_hostile_swaps_in_a_subinterpreter_leave_consistent_cells():
+    name, other_name = cell_name("hostile"), cell_name("hostile-other")
+    atom, other = SharedAtom(name), SharedAtom(other_name)
+    atom.reset({"n": 0})
+    other.reset({i: i * i for i in range(50)})
+    for round_ in range(3):
+        result = run_in_subinterpreter(script(HOSTILE_SWAPS, NAME=name, OTHER=other_name))
+        assert result is None, result
+        m = atom.deref()
+        assert m["n"] == 101 * (round_ + 1)
+        assert m[("sub", 2)] == {"calls": 2} and ("sub", 1) not in m
+        assert m["from_main"] == {i: i * i for i in range(50)} and m["main_sum"] == sum(i * i for i in range(50))
+        assert "kept" not in m
+
+
+def test_a_cell_only_a_destroyed_interpreter_held_is_closed():
+    # The cell lives while any interpreter holds a handle: here only the subinterpreter did.
+    name = cell_name("orphan")
+    code = script(
+        """
+from pypersistent import SharedAtom
+keep = SharedAtom(NAME)
+keep.reset({i: str(i) for i in range(1000)})
+assert len(SharedAtom(NAME).deref()) == 1000
+""",
+        NAME=name,
+    )
+    assert run_in_subinterpreter(code) is None
+    assert SharedAtom(name).deref() == {}
