@@ -15,6 +15,7 @@ of one lookup with the setup (building keys and maps) cancelled out.
   python benchmarks/bench_lookup_cachesim.py                  # 1K and 100K, int and str keys (~5 min)
   python benchmarks/bench_lookup_cachesim.py --sizes 1000000  # far longer: valgrind runs each setup twice
   python benchmarks/bench_lookup_cachesim.py --output benchmarks/results/lookup_cachesim.md
+  python benchmarks/bench_lookup_cachesim.py --libs SharedMap,PersistentMap --sizes 100000
 
 Needs valgrind (Debian: `apt-get install valgrind`). The last-level cache simulated is by default
 512 KiB, 8-way (the per-core L2 of the AMD EPYC the other benchmarks ran on), since at these sizes
@@ -43,6 +44,9 @@ d = {k: k for k in keys}
 if lib == "PersistentMap":
     from pypersistent import PersistentMap
     m = PersistentMap.from_dict(d)
+elif lib == "SharedMap":
+    from pypersistent import SharedMap
+    m = SharedMap(d)
 elif lib == "immutables":
     import immutables
     m = immutables.Map(d)
@@ -64,7 +68,8 @@ for _ in range(passes):
     loop(m)
 """
 
-LIBRARIES = ("PersistentMap", "immutables", "dict")
+LIBRARIES = ("PersistentMap", "immutables", "dict", "SharedMap")
+DEFAULT_LIBRARIES = "PersistentMap,immutables,dict"
 OPS = {"hit": "hit `m[k]`", "miss": "miss `k in m`"}
 
 
@@ -108,9 +113,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,100000")
     ap.add_argument("--keys", default="int,str")
     ap.add_argument("--ops", default="hit,miss")
+    ap.add_argument("--libs", default=DEFAULT_LIBRARIES,
+                    help=f"comma-separated, of {', '.join(LIBRARIES)}; the last column is the first over the second")
     ap.add_argument("--ll", default="524288,8,64", help="last-level cache for valgrind: size,assoc,line")
     ap.add_argument("--output", help="also write the Markdown table to this file")
     args = ap.parse_args()
+    libs = args.libs.split(",")
+    if len(libs) < 2 or any(lib not in LIBRARIES for lib in libs):
+        sys.exit(f"--libs: two or more of {', '.join(LIBRARIES)}")
     if not shutil.which("valgrind"):
         sys.exit("valgrind not found (Debian: apt-get install valgrind)")
 
@@ -118,7 +128,8 @@ def main() -> None:
         "# Lookups counted: instructions and simulated cache misses per lookup",
         "",
         "Command: `python benchmarks/bench_lookup_cachesim.py"
-        + "".join(f" --{k} {v}" for k, v in (("sizes", args.sizes), ("keys", args.keys), ("ops", args.ops))
+        + "".join(f" --{k} {v}" for k, v in (("sizes", args.sizes), ("keys", args.keys), ("ops", args.ops),
+                                             ("libs", args.libs))
                   if v != ap.get_default(k))
         + "`",
         "",
@@ -127,8 +138,8 @@ def main() -> None:
         f"- Python {platform.python_version()}, {platform.machine()}; source tree at git {git_commit()}"
         " (the installed extension should be built from it)",
         "",
-        "| op | n | keys | measure | " + " | ".join(LIBRARIES) + " | ours / immutables |",
-        "|---|---|---|---|" + "---:|" * len(LIBRARIES) + "---:|",
+        "| op | n | keys | measure | " + " | ".join(libs) + f" | {libs[0]} / {libs[1]} |",
+        "|---|---|---|---|" + "---:|" * len(libs) + "---:|",
     ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,11 +149,11 @@ def main() -> None:
         for op in args.ops.split(","):
             for n in (int(s) for s in args.sizes.split(",")):
                 for kind in args.keys.split(","):
-                    results = {lib: per_lookup(sys.executable, child, lib, n, kind, op, args.ll) for lib in LIBRARIES}
+                    results = {lib: per_lookup(sys.executable, child, lib, n, kind, op, args.ll) for lib in libs}
                     for measure in ("instructions", "D1 misses", "LL misses"):
-                        cells = " | ".join(f"{results[lib][measure]:.2f}" for lib in LIBRARIES)
-                        theirs = results["immutables"][measure]
-                        ratio = f"{results['PersistentMap'][measure] / theirs:.2f}x" if theirs >= 0.05 else "–"
+                        cells = " | ".join(f"{results[lib][measure]:.2f}" for lib in libs)
+                        theirs = results[libs[1]][measure]
+                        ratio = f"{results[libs[0]][measure] / theirs:.2f}x" if theirs >= 0.05 else "–"
                         row = f"| {OPS[op]} | {n:,} | {kind} | {measure} | {cells} | {ratio} |"
                         lines.append(row)
                         print(row, flush=True)

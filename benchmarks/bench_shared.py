@@ -40,15 +40,19 @@ Parts (--parts, default all three):
              interpreter (the SharedMap, or the pickled bytes). Best of --repeat processes.
 
   lookup     In one interpreter: m[k] and `k in m` over a shuffled list of the map's own keys
-             (200,000 lookups per round; smaller maps are cycled), ns per lookup, best of
-             --rounds x --repeat, for dict, PersistentMap and SharedMap, int keys and str keys
+             (200,000 lookups per round; smaller maps are cycled), ns per lookup, for dict,
+             PersistentMap and SharedMap built from the same dicts in one worker process and
+             timed in turn, round after round (best of --rounds each); every cell is the median
+             over --repeat such processes, the ratio the median of each process's own ratio.
+             Int keys and str keys
              ("user:<i>"), with int values (SIZE + i, outside CPython's small-int cache) and str
              values (str(i)). The probe keys are the stored key objects themselves, so dict and
              PersistentMap find a key by identity; a SharedMap compares a str key's bytes and
              builds a new value object on every m[k] (its values are not Python objects).
 
-Every measurement runs in a fresh worker process; workers of the different methods take
-turns (in alternating order) so that a noisy stretch of the machine hits all of them alike.
+Every measurement runs in a fresh worker process. Hand-over and memory workers of the different
+methods take turns (in alternating order) so that a noisy stretch of the machine hits all of them
+alike; a lookup worker times all the structures itself, in turn.
 
 Usage:
   python benchmarks/bench_shared.py                                  # all parts, 1K,100K,1M
@@ -348,15 +352,20 @@ def best_ns(f: Callable[[], int], rounds: int) -> float:
     return min(results)
 
 
-def lookup_worker(structure: str, size: int, rounds: int) -> Dict[str, Any]:
+def lookup_worker(structures: List[str], size: int, rounds: int) -> Dict[str, Any]:
+    """Every structure is built from the same dicts and timed in turn, round after round, in this
+    one process: the ratios between them come from the same memory layout and the same stretch of
+    the machine (separate processes differ by up to 2x at 100K entries, from where their memory
+    lands)."""
     from pypersistent import PersistentMap, SharedMap
 
-    make = {"dict": dict, "PersistentMap": PersistentMap, "SharedMap": SharedMap}[structure]
+    makers = {"dict": dict, "PersistentMap": PersistentMap, "SharedMap": SharedMap}
     out: Dict[str, Any] = {}
     for key_kind in ("int", "str"):
         keys: List[Any] = list(range(size)) if key_kind == "int" else [f"user:{i}" for i in range(size)]
-        with_int_values = make({k: size + i for i, k in enumerate(keys)})
-        with_str_values = make({k: str(i) for i, k in enumerate(keys)})
+        int_values = {k: size + i for i, k in enumerate(keys)}
+        str_values = {k: str(i) for i, k in enumerate(keys)}
+        maps = {s: (makers[s](int_values), makers[s](str_values)) for s in structures}
         probes = keys[:]
         random.Random(1).shuffle(probes)
         probes = (probes * (LOOKUPS_PER_ROUND // size + 1))[:LOOKUPS_PER_ROUND]
@@ -377,11 +386,18 @@ def lookup_worker(structure: str, size: int, rounds: int) -> Dict[str, Any]:
 
             return run
 
-        out[key_kind] = {
-            "m[k], int values": best_ns(subscript(with_int_values), rounds),
-            "m[k], str values": best_ns(subscript(with_str_values), rounds),
-            "k in m": best_ns(contains(with_int_values), rounds),
+        loops = {
+            "m[k], int values": lambda s: subscript(maps[s][0]),
+            "m[k], str values": lambda s: subscript(maps[s][1]),
+            "k in m": lambda s: contains(maps[s][0]),
         }
+        out[key_kind] = {}
+        for op, loop_of in loops.items():
+            best = {s: float("inf") for s in structures}
+            for r in range(rounds):
+                for s in structures if r % 2 == 0 else structures[::-1]:
+                    best[s] = min(best[s], best_ns(loop_of(s), 1))
+            out[key_kind][op] = best
     return out
 
 
@@ -455,19 +471,28 @@ def report_memory(args: argparse.Namespace, sizes: List[int]) -> None:
 
 def report_lookup(args: argparse.Namespace, sizes: List[int]) -> None:
     structures = [s for s in LOOKUP_STRUCTURES if s in args.methods]
-    table = interleaved(args, "lookup", structures, sizes, keep_min_nested)
-    print(f"\n### Lookups, ns per lookup (best of {args.rounds} rounds x {args.repeat} runs)\n")
+    runs: Dict[int, List[Dict[str, Any]]] = {size: [] for size in sizes}
+    for _ in range(args.repeat):
+        for size in sizes:
+            result = run_worker(args, "lookup", ",".join(structures), size)
+            if result is not None:
+                runs[size].append(result)
+    print(f"\n### Lookups, ns per lookup (in each process all structures timed in turn, best of "
+          f"{args.rounds} rounds; median of {args.repeat} processes)\n")
     ratio = "SharedMap" in structures and "PersistentMap" in structures
     print("| keys | entries | operation | " + " | ".join(structures) + (" | SharedMap / PersistentMap |" if ratio else " |"))
     print("|---|---:|---|" + "---:|" * (len(structures) + ratio))
     for key_kind in ("int", "str"):
         for size in sizes:
             for op in LOOKUP_OPS:
-                got = {s: table[s][size][key_kind][op] for s in structures if size in table.get(s, {})}
-                cells = [f"{got[s]:.1f}" if s in got else "n/a" for s in structures]
+                cells_of = [r[key_kind][op] for r in runs[size]]
+                if not cells_of:
+                    print(f"| {key_kind} | {fmt_size(size)} | {op} | " + " | ".join(["n/a"] * (len(structures) + ratio)) + " |")
+                    continue
+                cells = [f"{statistics.median(c[s] for c in cells_of):.1f}" for s in structures]
                 if ratio:
-                    both = "SharedMap" in got and "PersistentMap" in got
-                    cells.append(f"{got['SharedMap'] / got['PersistentMap']:.2f}x" if both else "n/a")
+                    # The median of each process's own ratio, not a ratio of medians from different processes.
+                    cells.append(f"{statistics.median(c['SharedMap'] / c['PersistentMap'] for c in cells_of):.2f}x")
                 print(f"| {key_kind} | {fmt_size(size)} | {op} | " + " | ".join(cells) + " |")
 
 
@@ -481,7 +506,8 @@ def main() -> None:
                     help="value type of the handed-over and the memory tables")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3,
-                    help="run every worker this many times, methods interleaved, and keep each cell's best")
+                    help="run every worker this many times; hand-over and memory keep each cell's best "
+                         "(methods interleaved), lookups the median")
     ap.add_argument("--worker", nargs=3, metavar=("PART", "METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.methods = args.methods.split(",")
@@ -492,7 +518,7 @@ def main() -> None:
         elif part == "memory":
             result = memory_worker(method, size, args.values)
         else:
-            result = lookup_worker(method, size, args.rounds)
+            result = lookup_worker(method.split(","), size, args.rounds)
         print(json.dumps(result))
         return
     sizes = [parse_size(s) for s in args.sizes.split(",")]
