@@ -355,6 +355,14 @@ bool int64_of(PyObject* o, std::int64_t* out) {
 #define PYPERSISTENT_INLINE_PROBE
 #endif
 
+// find_value for keys other than exact strs and 64-bit ints: through a neutral key built in a
+// probe's inline storage. Out of line, so that the fast paths do not carry that storage's stack
+// frame (and the saved registers of its conversions) on every lookup.
+template <class Map>
+PYPERSISTENT_NOINLINE conv find_value_by_neutral_key(const Map& map, PyObject* key, const neutral_value** found) {
+    return with_lookup_key(key, [&](const neutral_value& k) { *found = map.find(k); });
+}
+
 // The value stored under key in map, or nullptr (absent, or a hashable key of a type a
 // SharedMap never holds). Returns conv::error with an error set (an unhashable key).
 //
@@ -415,7 +423,7 @@ conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool
         if (e) *found = &e->second;
         return conv::ok;
     }
-    return with_lookup_key(key, [&](const neutral_value& k) { *found = map.find(k); });
+    return find_value_by_neutral_key(map, key, found);
 }
 
 // ---- neutral -> Python -------------------------------------------------------------------

@@ -92,6 +92,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -631,11 +632,24 @@ public:
     // short_str_capacity, the bytes ASCII.
     static PYPERSISTENT_ALWAYS_INLINE void short_str_words(const char* data, std::size_t n, std::uint64_t words[2]) noexcept {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        // Word 0 holds the tag, the size and characters 0-5; word 1 characters 6 on. From at
+        // most two loads: the first eight characters (of which word 0 keeps six, shifted up by
+        // two bytes) and, for eight or more, the last eight shifted down to start at character 6.
+        static_assert(short_str_capacity <= 14, "word 1 holds at most characters 6-13");
+        assert(n <= short_str_capacity);
         const auto* p = reinterpret_cast<const unsigned char*>(data);
-        const std::size_t head = n < 6 ? n : 6;  // characters in word 0, after the tag and size
-        words[0] = static_cast<std::uint64_t>(kind::short_str) | static_cast<std::uint64_t>(n) << 8 |
-                   neutral_detail::le_tail(p, head) << 16;
-        words[1] = n > 6 ? neutral_detail::le_tail(p + 6, n - 6) : 0;
+        const std::uint64_t head = static_cast<std::uint64_t>(kind::short_str) | static_cast<std::uint64_t>(n) << 8;
+        if (n >= 8) {
+            std::uint64_t first, last;
+            std::memcpy(&first, p, 8);
+            std::memcpy(&last, p + n - 8, 8);
+            words[0] = head | first << 16;
+            words[1] = last >> (8 * (14 - n));
+        } else {
+            const std::uint64_t all = neutral_detail::le_tail(p, n);
+            words[0] = head | all << 16;
+            words[1] = all >> 48;
+        }
 #else
         const neutral_value v = make_short_str(data, n);
         words[0] = v.word(0);
