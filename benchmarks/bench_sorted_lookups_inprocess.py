@@ -1,0 +1,132 @@
+"""Lookups `m[k]` of PersistentSortedDict and sortedcontainers.SortedDict, timed in turn in one process.
+
+bench_sorted.py measures each library in its own worker process and keeps each cell's best run.
+At 100K keys a process's lookups move by up to 2x with where its memory happens to land, so a
+ratio of two bests from different processes can land anywhere in that spread. Here both maps are
+built from the same keys (bench_sorted.py's: int keys inserted one by one, str keys "user:%08d"
+built in bulk) in
+one process and their lookup loops run in turn, best of --rounds rounds each; that is repeated in
+--repeat fresh processes, and the table gives the median of each library's times and the median
+of the processes' own ratios.
+
+  python benchmarks/bench_sorted_lookups_inprocess.py                      # 1K and 100K, 5 processes
+  python benchmarks/bench_sorted_lookups_inprocess.py --sizes 100K --repeat 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List
+
+LIBS = ["ours", "sorteddict"]
+OPS = ["lookup", "lookup_str"]
+SAMPLE_NS = 20_000_000  # a timed sample repeats the loop for at least this long, as bench_sorted.py
+
+
+def parse_size(s: str) -> int:
+    s = s.strip().upper()
+    scale = {"K": 1000, "M": 1000_000}.get(s[-1], 1)
+    return int(s[:-1] if scale > 1 else s) * scale
+
+
+def fmt_size(n: int) -> str:
+    return f"{n // 1000_000}M" if n >= 1000_000 else f"{n // 1000}K" if n >= 1000 else str(n)
+
+
+def sample(loop: Callable[[], int], reps: int) -> float:
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        n = 0
+        for _ in range(reps):
+            n += loop()
+        t1 = time.perf_counter_ns()
+    finally:
+        gc.enable()
+    return (t1 - t0) / n
+
+
+def worker(size: int, rounds: int) -> Dict[str, Dict[str, float]]:
+    from sortedcontainers import SortedDict
+
+    from pypersistent import PersistentSortedDict
+
+    rng = random.Random(1)
+    keys = list(range(size))
+    rng.shuffle(keys)
+    probes = [rng.randrange(size) for _ in range(min(size, 100_000))]
+    names = [f"user:{k:08d}" for k in keys]
+    int_pairs = [(k, -k) for k in keys]
+    str_pairs = list(zip(names, keys))
+    by_inserts = PersistentSortedDict()  # as bench_sorted.py builds its int map: one insert at a time
+    for k, v in int_pairs:
+        by_inserts = by_inserts.set(k, v)
+    maps = {
+        "lookup": {"ours": by_inserts, "sorteddict": SortedDict(int_pairs)},
+        "lookup_str": {"ours": PersistentSortedDict(str_pairs), "sorteddict": SortedDict(str_pairs)},
+    }
+    probe_keys = {"lookup": probes, "lookup_str": [names[i] for i in probes]}
+    out: Dict[str, Dict[str, float]] = {}
+    for op in OPS:
+        ks = probe_keys[op]
+
+        def loop_of(m: Any) -> Callable[[], int]:
+            def loop() -> int:
+                for k in ks:
+                    m[k]
+                return len(ks)
+
+            return loop
+
+        loops = {lib: loop_of(maps[op][lib]) for lib in LIBS}
+        reps = {lib: max(1, -(-SAMPLE_NS // int(sample(loops[lib], 1) * len(ks) + 1))) for lib in LIBS}
+        best = {lib: float("inf") for lib in LIBS}
+        for r in range(rounds):
+            for lib in LIBS if r % 2 == 0 else LIBS[::-1]:
+                best[lib] = min(best[lib], sample(loops[lib], reps[lib]))
+        out[op] = best
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1K,100K")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=5, help="fresh processes per size")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.rounds)))
+        return
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    runs: Dict[int, List[Dict[str, Dict[str, float]]]] = {size: [] for size in sizes}
+    for _ in range(args.repeat):
+        for size in sizes:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", str(size), "--rounds", str(args.rounds)]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
+            runs[size].append(json.loads(p.stdout))
+    print(f"PersistentSortedDict and SortedDict lookups in one process, ns per lookup (best of {args.rounds} "
+          f"rounds; median of {args.repeat} processes); Python {sys.version.split()[0]}\n")
+    print("| op | keys | ours | SortedDict | ours / SortedDict (median of the processes' ratios) | range of the ratios |")
+    print("|---|---:|---:|---:|---:|---|")
+    for op in OPS:
+        for size in sizes:
+            cells = [r[op] for r in runs[size]]
+            ours = statistics.median(c["ours"] for c in cells)
+            theirs = statistics.median(c["sorteddict"] for c in cells)
+            ratios = sorted(c["ours"] / c["sorteddict"] for c in cells)
+            print(f"| {op} | {fmt_size(size)} | {ours:.1f} | {theirs:.1f} | {statistics.median(ratios):.2f}x | "
+                  f"{ratios[0]:.2f}x - {ratios[-1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
