@@ -39,7 +39,8 @@
 // Index: each operation, and the functions that implement it (here unless a file is named).
 //
 //   lookup               find (from a root, using the root's maps copied into the map),
-//                        find_from (from any level); persistent_map::find / find_hashed
+//                        find_from (from any level), find_matching (by a predicate);
+//                        prefetch_past_header; persistent_map::find / find_hashed
 //   insert or assign     assoc (descent, then rebuild of the path: make_single, make_two for two
 //                        keys whose fragments first differ below, replace_slot, install_child,
 //                        with_value, rebuild_collision); persistent_map::set, transient_map::set
