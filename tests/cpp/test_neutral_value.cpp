@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -412,6 +414,13 @@ TEST_F(Neutral, ShortStrsLiveInsideTheValue) {
         EXPECT_EQ(words[0], stored.word(0)) << n;
         EXPECT_EQ(words[1], stored.word(1)) << n;
         nv::short_str_words("abcdefghijklmnopz", n, words);  // what follows is not read
+        EXPECT_EQ(words[1], stored.word(1)) << n;
+        // From a buffer of exactly n bytes (a heap block under ASan): the words are read from
+        // loads inside the characters, never past them.
+        const std::unique_ptr<char[]> exact(new char[n == 0 ? 1 : n]);
+        std::memcpy(exact.get(), text.data(), n);
+        nv::short_str_words(exact.get(), n, words);
+        EXPECT_EQ(words[0], stored.word(0)) << n;
         EXPECT_EQ(words[1], stored.word(1)) << n;
     }
     EXPECT_EQ(one.str_max_char(), std::uint32_t('k'));
