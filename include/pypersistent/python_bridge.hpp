@@ -380,10 +380,16 @@ private:
     // Bytes from..from+7, big-endian, zero past the end.
     static std::uint64_t eight_bytes_of(const Py_UCS1* s, Py_ssize_t length, Py_ssize_t from) noexcept {
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        std::uint64_t word;
         if (from + 8 <= length) {
-            std::uint64_t word;
             std::memcpy(&word, s + from, 8);
             return __builtin_bswap64(word);
+        }
+        if (length >= 8 && from < length) {
+            // The last eight bytes, big-endian, shifted up past the ones before `from`: the
+            // bytes from `from` on at the top, zeros below (one load, not a loop of eight).
+            std::memcpy(&word, s + length - 8, 8);
+            return __builtin_bswap64(word) << (8 * (from + 8 - length));
         }
 #endif
         std::uint64_t p = 0;
