@@ -105,31 +105,38 @@ def load(lib: str, pypi_so: Optional[str]) -> Dict[str, Any]:
 SAMPLE_NS = 20_000_000  # each timed sample repeats the operations for at least this long
 
 
+def sample(f: Callable[[], int], reps: int) -> Tuple[int, int]:
+    """(ns, operations) of reps runs of f() with the collector off: f() runs the operations and
+    returns how many it ran."""
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        n = 0
+        for _ in range(reps):
+            n += f()
+        t1 = time.perf_counter_ns()
+    finally:
+        gc.enable()
+    return t1 - t0, n
+
+
+def reps_for(dt: int) -> int:
+    """How many runs of an f() that took dt ns make a sample of at least SAMPLE_NS."""
+    return max(1, -(-SAMPLE_NS // max(dt, 1)))
+
+
 def best(f: Callable[[], int], rounds: int) -> float:
     """ns per op, the best of `rounds` samples: f() runs the operations and returns how many it ran.
 
     As in bench_peers.py, a sample repeats f() for at least SAMPLE_NS (the first, untimed-for-
     the-result run calibrates and warms up): a single pass over a small map right after
     gc.collect() would time cache misses the collector caused, not the operation."""
-
-    def sample(reps: int) -> Tuple[int, int]:
-        gc.collect()
-        gc.disable()
-        try:
-            t0 = time.perf_counter_ns()
-            n = 0
-            for _ in range(reps):
-                n += f()
-            t1 = time.perf_counter_ns()
-        finally:
-            gc.enable()
-        return t1 - t0, n
-
-    dt, n = sample(1)
-    reps = max(1, -(-SAMPLE_NS // max(dt, 1)))
+    dt, n = sample(f, 1)
+    reps = reps_for(dt)
     results = [dt / n] if reps == 1 else []
     while len(results) < rounds:
-        dt, n = sample(reps)
+        dt, n = sample(f, reps)
         results.append(dt / n)
     return min(results)
 

@@ -16,43 +16,18 @@ of the processes' own ratios.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import random
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any, Callable, Dict, List
+
+from bench_sorted import fmt_size, parse_size, reps_for, sample  # the same sampling as bench_sorted.py
 
 LIBS = ["ours", "sorteddict"]
 OPS = ["lookup", "lookup_str"]
-SAMPLE_NS = 20_000_000  # a timed sample repeats the loop for at least this long, as bench_sorted.py
-
-
-def parse_size(s: str) -> int:
-    s = s.strip().upper()
-    scale = {"K": 1000, "M": 1000_000}.get(s[-1], 1)
-    return int(s[:-1] if scale > 1 else s) * scale
-
-
-def fmt_size(n: int) -> str:
-    return f"{n // 1000_000}M" if n >= 1000_000 else f"{n // 1000}K" if n >= 1000 else str(n)
-
-
-def sample(loop: Callable[[], int], reps: int) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = time.perf_counter_ns()
-        n = 0
-        for _ in range(reps):
-            n += loop()
-        t1 = time.perf_counter_ns()
-    finally:
-        gc.enable()
-    return (t1 - t0) / n
 
 
 def worker(size: int, rounds: int) -> Dict[str, Dict[str, float]]:
@@ -88,11 +63,12 @@ def worker(size: int, rounds: int) -> Dict[str, Dict[str, float]]:
             return loop
 
         loops = {lib: loop_of(maps[op][lib]) for lib in LIBS}
-        reps = {lib: max(1, -(-SAMPLE_NS // int(sample(loops[lib], 1) * len(ks) + 1))) for lib in LIBS}
+        reps = {lib: reps_for(sample(loops[lib], 1)[0]) for lib in LIBS}
         best = {lib: float("inf") for lib in LIBS}
         for r in range(rounds):
             for lib in LIBS if r % 2 == 0 else LIBS[::-1]:
-                best[lib] = min(best[lib], sample(loops[lib], reps[lib]))
+                dt, n = sample(loops[lib], reps[lib])
+                best[lib] = min(best[lib], dt / n)
         out[op] = best
     return out
 
