@@ -985,3 +985,48 @@ def test_latin1_keys_of_every_length_sort_as_python_does():
     assert list(m.keys()) == sorted(keys)
     for k in keys:
         assert "".join(list(k)) in m
+
+
+# A node is searched without jumps where the probe and the keys it meets decide by their inline
+# bytes (exact ints in 64 bits, latin-1 strs), and by Python's `<` otherwise: a foreign key met on
+# the way (a float, a big int, a bool, a long or non-latin-1 str, equal inline bytes of strs that
+# are not whole in them) must hand the node back to `<`. Maps of a few thousand keys (three levels)
+# with foreign keys sprinkled into some nodes, every probe kind, checked against bisect.
+def _search_cases():
+    rng = random.Random(11)
+    ints = rng.sample(range(-(2**40), 2**40), 3000)
+    foreign_numbers = [0.5, -7.25, 2**64 + 3, -(2**70), True, Offset(12), 1e15 + 0.5, float("inf")]
+    strs = [f"user:{i:08d}" for i in rng.sample(range(10**8), 3000)]
+    foreign_strs = ["user:0000", "user:00000000000000000000", "user:5\0", "user:500000000\u20ac", "\u0100",
+                    "user:49999999" + "x" * 10, "user:4999999\0\0", "", "user:5" + "0" * 15, "user:5" + "0" * 10 + "\0"]
+    yield "ints", ints, foreign_numbers, [x + d for x in ints[:300] for d in (-1, 0, 1)] + foreign_numbers + [2**63, -(2**63) - 1, 1.5]
+    long_probes = ["user:5" + "0" * 15, "user:49999999" + "x" * 11, "user:4999999", "user:4999999\0", "\u20ac"]
+    yield "strs", strs, foreign_strs, strs[:300] + [s + "\0" for s in strs[:100]] + [s[:-1] for s in strs[:100]] + foreign_strs + long_probes
+
+
+@pytest.mark.parametrize("case", list(_search_cases()), ids=lambda c: c[0])
+def test_node_search_hands_foreign_keys_to_python_lt(case):
+    _, plain, foreign, probes = case
+    rng = random.Random(3)
+    for sprinkle in (0, 1, len(foreign)):
+        keys = plain + foreign[:sprinkle]
+        rng.shuffle(keys)
+        d = {k: i for i, k in enumerate(keys)}
+        for m in (S.from_dict(d), _grown_one_by_one(keys, d)):
+            ordered = sorted(d)
+            assert list(m) == ordered
+            for p in probes + ordered[::50]:
+                i = bisect.bisect_left(ordered, p)
+                j = bisect.bisect_right(ordered, p)
+                assert (p in m) == (i < j), p
+                assert m.ceiling(p) == ((ordered[i], d[ordered[i]]) if i < len(ordered) else None), p
+                assert m.floor(p) == ((ordered[j - 1], d[ordered[j - 1]]) if j else None), p
+            lo, hi = ordered[len(ordered) // 3], ordered[2 * len(ordered) // 3]
+            assert list(m[lo:hi]) == ordered[len(ordered) // 3:2 * len(ordered) // 3]
+
+
+def _grown_one_by_one(keys, d):
+    t = S().transient()
+    for k in keys:
+        t[k] = d[k]
+    return t.persistent()

@@ -414,7 +414,79 @@ struct sorted_key_less {
         return out_of_line(a, b);
     }
 
+    // The B+-tree's search of one node (see has_node_search in sorted_map.hpp) for the probes
+    // whose inline bytes decide: an exact int among exact ints, a latin-1 str among latin-1 strs.
+    // A binary search whose step selects the next index rather than jumping on the answer (a jump
+    // on a comparison is mispredicted half the time), comparing inline words only. It declines,
+    // and the comparator's binary search decides, when a key it compared is of another kind, or
+    // is a str whose sixteen inline bytes equal the probe's without both strs being whole in
+    // them. Otherwise each answer it got is the one `<` gives, so in a node whose keys are in
+    // order its count is the comparator's.
+    template <bool Upper>
+    static PYPERSISTENT_ALWAYS_INLINE bool node_bound(const char* first, std::size_t stride, unsigned n,
+                                                      const sorted_key& key, unsigned& pos) noexcept {
+        const sorted_key::kind kind = key.key_kind();
+        if (kind == sorted_key::exact_int) {
+            const std::int64_t value = key.int_value();
+            return select_search(first, stride, n, pos, [value](const sorted_key& k, unsigned& odd) noexcept {
+                odd |= static_cast<unsigned>(k.key_kind() ^ sorted_key::exact_int);
+                return Upper ? k.int_value() <= value : k.int_value() < value;
+            });
+        }
+        if ((kind & sorted_key::latin1_prefix) == 0) return false;
+        const unsigned whole = kind == sorted_key::latin1_whole;
+        return select_search(first, stride, n, pos, [probe = inline_bytes_of(key), whole](const sorted_key& k, unsigned& odd) noexcept {
+            const unsigned kk = static_cast<unsigned>(k.key_kind());
+            const inline_bytes bytes = inline_bytes_of(k);
+            const unsigned same_bytes = bytes == probe;
+            odd |= ((kk & sorted_key::latin1_prefix) ^ sorted_key::latin1_prefix) |
+                   (same_bytes & ((whole & (kk == sorted_key::latin1_whole)) ^ 1u));
+            return Upper ? bytes <= probe : bytes < probe;  // same bytes, both whole: the same str
+        });
+    }
+
 private:
+    // A latin-1 key's sixteen inline bytes as one number, so that comparing two of them is a
+    // subtraction rather than a jump on the first word.
+#if defined(__SIZEOF_INT128__)
+    __extension__ typedef unsigned __int128 inline_bytes;  // __extension__: -Wpedantic rejects the type
+    static inline_bytes inline_bytes_of(const sorted_key& k) noexcept {
+        return static_cast<inline_bytes>(k.prefix()) << 64 | k.prefix_rest();
+    }
+#else
+    struct inline_bytes {
+        std::uint64_t high, low;
+        bool operator==(const inline_bytes& o) const noexcept { return high == o.high && low == o.low; }
+        bool operator<(const inline_bytes& o) const noexcept { return high < o.high || (high == o.high && low < o.low); }
+        bool operator<=(const inline_bytes& o) const noexcept { return !(o < *this); }
+    };
+    static inline_bytes inline_bytes_of(const sorted_key& k) noexcept { return {k.prefix(), k.prefix_rest()}; }
+#endif
+
+    // Khuong and Morin's branch-free lower bound over the n keys: `below(k, odd)` answers whether
+    // k goes before the probe and sets odd when it cannot tell. Each step selects the next key's
+    // address (a conditional move) instead of jumping on the answer; the offsets depend on n only,
+    // so a step waits for one load and one comparison.
+    template <class Below>
+    static PYPERSISTENT_ALWAYS_INLINE bool select_search(const char* first, std::size_t stride, unsigned n, unsigned& pos,
+                                                         Below below) noexcept {
+        if (n == 0) {
+            pos = 0;
+            return true;
+        }
+        unsigned odd = 0;
+        const char* at = first;
+        while (n > 1) {
+            const unsigned half = n / 2;
+            const char* mid = at + half * stride;
+            at = below(*reinterpret_cast<const sorted_key*>(mid), odd) ? mid : at;
+            n -= half;
+        }
+        pos = static_cast<unsigned>(static_cast<std::size_t>(at - first) / stride) +
+              static_cast<unsigned>(below(*reinterpret_cast<const sorted_key*>(at), odd));
+        return odd == 0;
+    }
+
     PYPERSISTENT_NOINLINE
     static bool out_of_line(const sorted_key& a, const sorted_key& b) {
         if ((a.key_kind() & b.key_kind() & sorted_key::latin1_prefix) != 0) {

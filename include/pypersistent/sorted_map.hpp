@@ -86,6 +86,23 @@ struct sorted_entry {
     sorted_entry& operator=(sorted_entry&&) = delete;
 };
 
+// Whether Compare offers a search of its own over a node's keys:
+//     template <bool Upper>
+//     static bool node_bound(const char* first, std::size_t stride, unsigned n, const K& key, unsigned& pos) noexcept;
+// over the n keys at first, first + stride, ..., in order: it either sets pos to the number of
+// them less than `key` (Upper: not greater than `key`) and returns true, or returns false and the
+// tree's binary search decides. It may look at any of the n keys, and answers from them alone;
+// for a node whose keys are out of order (an inconsistent Compare put them there) any pos in
+// 0..n will do, as for the binary search. PersistentSortedDict's comparator has one: a
+// search without a jump on any answer, for the keys whose inline bytes decide.
+template <class Compare, class K, class = void>
+struct has_node_search : std::false_type {};
+template <class Compare, class K>
+struct has_node_search<Compare, K,
+                       std::void_t<decltype(Compare::template node_bound<false>(
+                           std::declval<const char*>(), std::size_t{}, 0u, std::declval<const K&>(), std::declval<unsigned&>()))>>
+    : std::true_type {};
+
 template <class K, class V, class Compare, class Policy>
 struct sorted_btree {
     using entry_type = sorted_entry<K, V>;
@@ -547,47 +564,38 @@ struct sorted_btree {
     static bool identical_key(const K& a, const K& b) noexcept { return Policy::identical_key(a, b); }
     static bool same_value(const V& a, const V& b) { return Policy::same_value(a, b); }
 
-    // The child of inner node `n` whose keys `key` belongs with: the number of separators <= key.
-    static unsigned child_index(const node* n, const K& key) {
-        const K* ks = seps(n);
-        unsigned lo = 0, hi = n->count - 1u;
+    // The number of the n keys at first, first + stride, ... (in order) that are less than `key`
+    // (Upper: not greater than `key`). Compare's own node search runs first where it has one
+    // (see node_search below); it reads no more than the binary search would and may decline.
+    template <bool Upper>
+    static PYPERSISTENT_ALWAYS_INLINE unsigned bound(const char* first, std::size_t stride, unsigned n, const K& key) {
+        if constexpr (has_node_search<Compare, K>::value) {
+            unsigned pos;
+            if (Compare::template node_bound<Upper>(first, stride, n, key, pos)) return pos;
+        }
+        unsigned lo = 0, hi = n;
         while (lo < hi) {
             const unsigned mid = (lo + hi) / 2;
-            if (less(key, ks[mid])) {
+            const K& k = *reinterpret_cast<const K*>(first + mid * stride);
+            if (Upper ? less(key, k) : !less(k, key)) {
                 hi = mid;
             } else {
                 lo = mid + 1;
             }
         }
         return lo;
+    }
+    // The child of inner node `n` whose keys `key` belongs with: the number of separators <= key.
+    static unsigned child_index(const node* n, const K& key) {
+        return bound<true>(reinterpret_cast<const char*>(seps(n)), sizeof(K), n->count - 1u, key);
     }
     // The first entry of a leaf whose key is not less than `key` (0..count).
     static unsigned leaf_lower_bound(const node* n, const K& key) {
-        const entry_type* es = entries(n);
-        unsigned lo = 0, hi = n->count;
-        while (lo < hi) {
-            const unsigned mid = (lo + hi) / 2;
-            if (less(es[mid].first, key)) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        return lo;
+        return bound<false>(reinterpret_cast<const char*>(&entries(n)->first), sizeof(entry_type), n->count, key);
     }
     // The first entry of a leaf whose key is greater than `key` (0..count).
     static unsigned leaf_upper_bound(const node* n, const K& key) {
-        const entry_type* es = entries(n);
-        unsigned lo = 0, hi = n->count;
-        while (lo < hi) {
-            const unsigned mid = (lo + hi) / 2;
-            if (less(key, es[mid].first)) {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
-        return lo;
+        return bound<true>(reinterpret_cast<const char*>(&entries(n)->first), sizeof(entry_type), n->count, key);
     }
     // Whether the entry at `pos` (from leaf_lower_bound) holds `key`.
     static bool matches(const node* leaf, unsigned pos, const K& key) {
