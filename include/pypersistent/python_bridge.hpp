@@ -346,7 +346,8 @@ public:
             const Py_ssize_t length = PyUnicode_GET_LENGTH(o);
             bits_ = static_cast<std::int64_t>(eight_bytes_of(s, length, 0));
             more_bits_ = eight_bytes_of(s, length, 8);
-            const bool whole = length <= 16 && std::memchr(s, 0, static_cast<std::size_t>(length)) == nullptr;
+            const bool whole = length <= 16 && !has_zero_byte(static_cast<std::uint64_t>(bits_), length) &&
+                               !has_zero_byte(more_bits_, length - 8);
             tagged_ |= whole ? latin1_whole : latin1_prefix;
         }
     }
@@ -376,6 +377,13 @@ private:
         const long long value = PyLong_AsLongLongAndOverflow(o, &overflow);  // cannot fail on an exact int
         out = static_cast<std::int64_t>(value);
         return overflow == 0;
+    }
+    // Whether the first `count` bytes (at most 8; none if count <= 0) of a big-endian word hold a
+    // zero: the bytes past them are set first, then the classic test for a zero byte.
+    static bool has_zero_byte(std::uint64_t word, Py_ssize_t count) noexcept {
+        const std::uint64_t past = count >= 8 ? 0 : count <= 0 ? ~std::uint64_t{0} : ~std::uint64_t{0} >> (8 * count);
+        const std::uint64_t v = word | past;
+        return ((v - 0x0101010101010101ull) & ~v & 0x8080808080808080ull) != 0;
     }
     // Bytes from..from+7, big-endian, zero past the end.
     static std::uint64_t eight_bytes_of(const Py_UCS1* s, Py_ssize_t length, Py_ssize_t from) noexcept {
@@ -416,12 +424,16 @@ struct sorted_key_less {
 
     // The B+-tree's search of one node (see has_node_search in sorted_map.hpp) for the probes
     // whose inline bytes decide: an exact int among exact ints, a latin-1 str among latin-1 strs.
-    // A binary search whose step selects the next index rather than jumping on the answer (a jump
+    // A binary search whose step selects the next key rather than jumping on the answer (a jump
     // on a comparison is mispredicted half the time), comparing inline words only. It declines,
     // and the comparator's binary search decides, when a key it compared is of another kind, or
-    // is a str whose sixteen inline bytes equal the probe's without both strs being whole in
-    // them. Otherwise each answer it got is the one `<` gives, so in a node whose keys are in
-    // order its count is the comparator's.
+    // when the key at the edge it found (the first key not below the probe; Upper: the last key
+    // below or equal) is a str whose sixteen inline bytes equal the probe's without both strs
+    // being whole in them. That one check covers every key with the probe's bytes: the search
+    // compared both keys at the edge (see select_search), and in a node whose keys are in order
+    // the keys with the probe's bytes are a run that starts (Upper: ends) there whenever the
+    // search met one of them. So when it answers, each answer it used is the one `<` gives, and
+    // in a node whose keys are in order its count is the comparator's.
     template <bool Upper>
     static PYPERSISTENT_ALWAYS_INLINE bool node_bound(const char* first, std::size_t stride, unsigned n,
                                                       const sorted_key& key, unsigned& pos) noexcept {
@@ -434,15 +446,17 @@ struct sorted_key_less {
             });
         }
         if ((kind & sorted_key::latin1_prefix) == 0) return false;
-        const unsigned whole = kind == sorted_key::latin1_whole;
-        return select_search(first, stride, n, pos, [probe = inline_bytes_of(key), whole](const sorted_key& k, unsigned& odd) noexcept {
-            const unsigned kk = static_cast<unsigned>(k.key_kind());
+        const inline_bytes probe = inline_bytes_of(key);
+        const bool decided = select_search(first, stride, n, pos, [probe](const sorted_key& k, unsigned& odd) noexcept {
+            odd |= ~static_cast<unsigned>(k.key_kind()) & sorted_key::latin1_prefix;
             const inline_bytes bytes = inline_bytes_of(k);
-            const unsigned same_bytes = bytes == probe;
-            odd |= ((kk & sorted_key::latin1_prefix) ^ sorted_key::latin1_prefix) |
-                   (same_bytes & ((whole & (kk == sorted_key::latin1_whole)) ^ 1u));
-            return Upper ? bytes <= probe : bytes < probe;  // same bytes, both whole: the same str
+            return Upper ? bytes <= probe : bytes < probe;
         });
+        if (!decided || pos == (Upper ? 0u : n)) return decided;
+        const sorted_key& edge = *reinterpret_cast<const sorted_key*>(first + (Upper ? pos - 1 : pos) * stride);
+        // Same bytes, both whole: the same str.
+        return !(inline_bytes_of(edge) == probe) ||
+               (kind == sorted_key::latin1_whole && edge.key_kind() == sorted_key::latin1_whole);
     }
 
 private:
@@ -466,7 +480,9 @@ private:
     // Khuong and Morin's branch-free lower bound over the n keys: `below(k, odd)` answers whether
     // k goes before the probe and sets odd when it cannot tell. Each step selects the next key's
     // address (a conditional move) instead of jumping on the answer; the offsets depend on n only,
-    // so a step waits for one load and one comparison.
+    // so a step waits for one load and one comparison. Whatever `below` answers (as long as it
+    // answers the same for the same key), the search has asked it about both keys at the edge it
+    // returns: the one before (answered below) and the one at it (answered not below).
     template <class Below>
     static PYPERSISTENT_ALWAYS_INLINE bool select_search(const char* first, std::size_t stride, unsigned n, unsigned& pos,
                                                          Below below) noexcept {
