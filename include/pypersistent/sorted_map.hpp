@@ -641,12 +641,18 @@ struct sorted_btree {
 #endif
     }
 
+    // Maps up to this many entries (a few hundred KiB of nodes) stay in the core's caches while
+    // they are in use, and their lookups skip prefetch_node: its requests would all hit, and
+    // issuing them costs more than it saves.
+    static constexpr size_type prefetch_above = 8192;
+
     static const entry_type* find(const tree& t, const K& key) {
         if (!t.root) return nullptr;
         const node* n = t.root;
+        const bool far = t.size > prefetch_above;
         for (unsigned l = t.height; l > 0; --l) {
             n = children(n)[child_index(n, key)];
-            prefetch_node(n, l - 1);
+            if (far) prefetch_node(n, l - 1);
         }
         const unsigned pos = leaf_lower_bound(n, key);
         return matches(n, pos, key) ? entries(n) + pos : nullptr;
