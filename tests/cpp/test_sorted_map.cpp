@@ -10,6 +10,8 @@
 //     policy: the strong guarantee everywhere, nodes, bytes and retain/release balanced;
 //   - hostile comparators (random answers, non-transitive, constant): no crash, valid trees,
 //     size = number of entries, iteration terminates, everything released at the end;
+//   - a comparator's own node search (node_bound): used, may decline, and never breaks a tree
+//     whatever position it answers;
 //   - 16 threads sharing maps and deriving versions from them and from each other's.
 
 #include "test_util.hpp"
@@ -818,6 +820,128 @@ TEST_F(SortedMapTest, HostileComparatorsKeepTreesValid) {
             (void)(v == m);
         }
     }
+}
+
+// A comparator with a node search of its own (has_node_search): mode 0 counts the keys below
+// the probe by a linear scan; mode 1 does that but declines every other call (the tree's binary
+// search answers); mode 2 answers a random position in 0..n (an inconsistent search, as a
+// hostile comparator is). The tree must use it, fall back when it declines, and stay valid
+// whatever it answers.
+struct node_searching_less {
+    static inline int mode = 0;
+    static inline long searches = 0, declined = 0;
+    bool operator()(int a, int b) const { return a < b; }
+    template <bool Upper>
+    static bool node_bound(const char* first, std::size_t stride, unsigned n, const int& key, unsigned& pos) noexcept {
+        ++searches;
+        if (mode == 1 && searches % 2 == 0) {
+            ++declined;
+            return false;
+        }
+        if (mode == 2) {
+            pos = static_cast<unsigned>(chaos::coin() ? n : (chaos::state >> 40) % (n + 1u));
+            return true;
+        }
+        unsigned count = 0;
+        for (unsigned i = 0; i < n; ++i) {
+            const int k = *reinterpret_cast<const int*>(first + i * stride);
+            count += Upper ? k <= key : k < key;
+        }
+        pos = count;
+        return true;
+    }
+};
+static_assert(pypersistent::detail::has_node_search<node_searching_less, int>::value, "node_bound is found");
+static_assert(!pypersistent::detail::has_node_search<std::less<int>, int>::value, "and only where it exists");
+using nsmap = persistent_sorted_map<int, int, node_searching_less, tracking_policy>;
+
+TEST_F(SortedMapTest, ComparatorNodeSearchIsUsedAndMayDecline) {
+    for (int mode = 0; mode <= 1; ++mode) {
+        node_searching_less::mode = mode;
+        node_searching_less::searches = node_searching_less::declined = 0;
+        std::mt19937 rng(static_cast<unsigned>(mode) + 3);
+        nsmap m;
+        nsmap::transient_type t;
+        model_t model, tmodel;
+        for (int step = 0; step < 20000; ++step) {
+            const int k = static_cast<int>(rng() % 5000);
+            if (rng() % 4 == 0) {
+                m = m.erase(k);
+                model.erase(k);
+                t.erase(k);
+                tmodel.erase(k);
+            } else {
+                m = m.set(k, step);
+                model[k] = step;
+                t.set(k, step);
+                tmodel[k] = step;
+            }
+        }
+        ASSERT_TRUE(well_formed(m)) << mode;
+        const nsmap frozen = t.persistent();
+        ASSERT_TRUE(well_formed(frozen)) << mode;
+        ASSERT_EQ(m.size(), model.size());
+        ASSERT_EQ(frozen.size(), tmodel.size());
+        for (int k = -1; k <= 5001; ++k) {
+            const int* v = m.find(k);
+            const auto f = model.find(k);
+            ASSERT_EQ(v != nullptr, f != model.end()) << k;
+            if (v) {
+                ASSERT_EQ(*v, f->second);
+            }
+            const auto* fl = m.floor(k);
+            const auto up = model.upper_bound(k);
+            ASSERT_EQ(fl != nullptr, up != model.begin()) << k;
+            if (fl) {
+                ASSERT_EQ(fl->first, std::prev(up)->first) << k;
+            }
+            const auto* ce = m.ceiling(k);
+            const auto lo = model.lower_bound(k);
+            ASSERT_EQ(ce != nullptr, lo != model.end()) << k;
+            if (ce) {
+                ASSERT_EQ(ce->first, lo->first) << k;
+            }
+            const int* tv = frozen.find(k);
+            ASSERT_EQ(tv != nullptr, tmodel.count(k) == 1) << k;
+        }
+        EXPECT_GT(node_searching_less::searches, 100000) << "the tree used the comparator's node search";
+        if (mode == 1) {
+            EXPECT_GT(node_searching_less::declined, 50000);
+        }
+    }
+}
+
+TEST_F(SortedMapTest, InconsistentNodeSearchKeepsTreesValid) {
+    node_searching_less::mode = 2;
+    chaos::state = 99;
+    std::mt19937 rng(5);
+    nsmap m;
+    nsmap::transient_type t;
+    std::vector<nsmap> kept;
+    for (int step = 0; step < 12000; ++step) {
+        const int k = static_cast<int>(rng() % 3000);
+        switch (rng() % 5) {
+            case 0:
+            case 1: m = m.set(k, step); break;
+            case 2: m = m.erase(k); break;
+            case 3: t.set(k, step); break;
+            default: t.erase(k); break;
+        }
+        (void)m.find(k);
+        (void)m.floor(k);
+        if (step % 1000 == 0) {
+            ASSERT_TRUE(well_formed(m, false)) << step;
+            ASSERT_TRUE(well_formed(t, false)) << step;
+            kept.push_back(m);
+        }
+    }
+    for (const auto& v : kept) {
+        ASSERT_TRUE(well_formed(v, false));
+        std::size_t forward = 0;
+        for (auto it = v.begin(); it != v.end() && forward <= v.size(); ++it) ++forward;
+        ASSERT_EQ(forward, v.size());
+    }
+    node_searching_less::mode = 0;
 }
 
 // Random answers *and* random throws, persistent and transient: a failed operation leaves the
