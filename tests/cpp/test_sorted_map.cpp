@@ -775,50 +775,57 @@ struct hostile_less {
 };
 using hmap = persistent_sorted_map<int, int, hostile_less, tracking_policy>;
 
+// Random updates, lookups and ranges under whatever the comparator answers; the trees (and the
+// versions kept along the way) stay valid and iterate over exactly their entries.
+template <class Map>
+void hostile_session(unsigned seed) {
+    std::mt19937 rng(seed);
+    Map m;
+    std::vector<Map> kept;
+    typename Map::transient_type t;
+    for (int step = 0; step < 12000; ++step) {
+        const int k = static_cast<int>(rng() % 3000);
+        switch (rng() % 6) {
+            case 0:
+            case 1: m = m.set(k, step); break;
+            case 2: m = m.erase(k); break;
+            case 3: t.set(k, step); break;
+            case 4: t.erase(k); break;
+            default: {
+                (void)m.find(k);
+                (void)m.floor(k);
+                (void)m.higher(k);
+                std::size_t n = 0;
+                const int hi = k + 50;
+                const auto r = m.range(&k, &hi);  // one search per bound: answers differ per call
+                for (auto it = r.begin(); it != r.end() && n <= m.size(); ++it) ++n;
+                ASSERT_LE(n, m.size());
+                break;
+            }
+        }
+        if (step % 500 == 0) {
+            ASSERT_TRUE(well_formed(m, false)) << "seed " << seed << " step " << step;
+            ASSERT_TRUE(well_formed(t, false)) << "seed " << seed << " step " << step;
+            kept.push_back(m);
+            if (step % 1500 == 0) kept.push_back(t.persistent());
+        }
+    }
+    for (const auto& v : kept) {
+        ASSERT_TRUE(well_formed(v, false));
+        std::size_t forward = 0, backward = 0;
+        for (auto it = v.begin(); it != v.end() && forward <= v.size(); ++it) ++forward;
+        for (auto it = v.rbegin(); it != v.rend() && backward <= v.size(); ++it) ++backward;
+        ASSERT_EQ(forward, v.size());
+        ASSERT_EQ(backward, v.size());
+        (void)(v == m);
+    }
+}
+
 TEST_F(SortedMapTest, HostileComparatorsKeepTreesValid) {
     for (int mode = 0; mode <= 4; ++mode) {
         chaos::mode = mode;
         chaos::state = static_cast<std::uint64_t>(mode) + 17;
-        std::mt19937 rng(static_cast<unsigned>(mode));
-        hmap m;
-        std::vector<hmap> kept;
-        hmap::transient_type t;
-        for (int step = 0; step < 12000; ++step) {
-            const int k = static_cast<int>(rng() % 3000);
-            switch (rng() % 6) {
-                case 0:
-                case 1: m = m.set(k, step); break;
-                case 2: m = m.erase(k); break;
-                case 3: t.set(k, step); break;
-                case 4: t.erase(k); break;
-                default: {
-                    (void)m.find(k);
-                    (void)m.floor(k);
-                    (void)m.higher(k);
-                    std::size_t n = 0;
-                    const int hi = k + 50;
-                    const auto r = m.range(&k, &hi);  // one search per bound: answers differ per call
-                    for (auto it = r.begin(); it != r.end() && n <= m.size(); ++it) ++n;
-                    ASSERT_LE(n, m.size());
-                    break;
-                }
-            }
-            if (step % 500 == 0) {
-                ASSERT_TRUE(well_formed(m, false)) << "mode " << mode << " step " << step;
-                ASSERT_TRUE(well_formed(t, false)) << "mode " << mode << " step " << step;
-                kept.push_back(m);
-                if (step % 1500 == 0) kept.push_back(t.persistent());
-            }
-        }
-        for (const auto& v : kept) {
-            ASSERT_TRUE(well_formed(v, false));
-            std::size_t forward = 0, backward = 0;
-            for (auto it = v.begin(); it != v.end() && forward <= v.size(); ++it) ++forward;
-            for (auto it = v.rbegin(); it != v.rend() && backward <= v.size(); ++it) ++backward;
-            ASSERT_EQ(forward, v.size());
-            ASSERT_EQ(backward, v.size());
-            (void)(v == m);
-        }
+        hostile_session<hmap>(static_cast<unsigned>(mode));
     }
 }
 
@@ -914,33 +921,7 @@ TEST_F(SortedMapTest, ComparatorNodeSearchIsUsedAndMayDecline) {
 TEST_F(SortedMapTest, InconsistentNodeSearchKeepsTreesValid) {
     node_searching_less::mode = 2;
     chaos::state = 99;
-    std::mt19937 rng(5);
-    nsmap m;
-    nsmap::transient_type t;
-    std::vector<nsmap> kept;
-    for (int step = 0; step < 12000; ++step) {
-        const int k = static_cast<int>(rng() % 3000);
-        switch (rng() % 5) {
-            case 0:
-            case 1: m = m.set(k, step); break;
-            case 2: m = m.erase(k); break;
-            case 3: t.set(k, step); break;
-            default: t.erase(k); break;
-        }
-        (void)m.find(k);
-        (void)m.floor(k);
-        if (step % 1000 == 0) {
-            ASSERT_TRUE(well_formed(m, false)) << step;
-            ASSERT_TRUE(well_formed(t, false)) << step;
-            kept.push_back(m);
-        }
-    }
-    for (const auto& v : kept) {
-        ASSERT_TRUE(well_formed(v, false));
-        std::size_t forward = 0;
-        for (auto it = v.begin(); it != v.end() && forward <= v.size(); ++it) ++forward;
-        ASSERT_EQ(forward, v.size());
-    }
+    hostile_session<nsmap>(5);
     node_searching_less::mode = 0;
 }
 
