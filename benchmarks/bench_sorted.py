@@ -15,7 +15,7 @@ Operations, on a map of SIZE int keys (inserted in random order):
   insert      build the map by one persistent set per key (ours set, 2.0 assoc; SortedDict: sd[k] = v)
   build       bulk build from a list of pairs: ours PersistentSortedDict(pairs); 2.0 from_dict(dict(pairs));
               SortedDict(pairs)
-  lookup      m[k] for random present keys
+  lookup      m[k] for random present keys, 100K of them at every size (PROBES)
   lookup_str  m[k] on a map of SIZE str keys "user:%08d" (built in bulk, as build), random present
               keys (the stored key objects themselves, as a program that reads its own keys does)
   range       the keys lo <= k < lo + 100 as a list, per query (ours list(m.irange(lo, hi,

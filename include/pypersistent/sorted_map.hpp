@@ -149,6 +149,8 @@ struct sorted_btree {
         return seps_offset(capacity) + (capacity - 1) * sizeof(K);
     }
 
+    static constexpr std::size_t max_node_bytes = leaf_bytes(max_slots) > inner_bytes(max_slots) ? leaf_bytes(max_slots) : inner_bytes(max_slots);
+
     static entry_type* entries(node* n) noexcept { return reinterpret_cast<entry_type*>(reinterpret_cast<char*>(n) + leaf_header); }
     static const entry_type* entries(const node* n) noexcept {
         return reinterpret_cast<const entry_type*>(reinterpret_cast<const char*>(n) + leaf_header);
@@ -627,17 +629,18 @@ struct sorted_btree {
 
     // Asks for every cache line of a node a search is about to read: a binary search's probes
     // land on different lines one after the other, each waiting for the last; fetched together,
-    // a node costs about one memory round trip instead of one per probe. Forced inline: GCC
-    // finds a function that only prefetches pure and may drop calls to it that it does not
-    // inline first.
-    static PYPERSISTENT_ALWAYS_INLINE void prefetch_node(const node* n, unsigned level) noexcept {
+    // a node costs about one memory round trip instead of one per probe. It asks for all the
+    // lines a node of the largest size has, without reading the node's count first (that read
+    // waits for the header's line, and every request behind it a round trip more); a smaller
+    // node's requests past its end fetch lines nobody reads (a prefetch never faults). Forced
+    // inline: GCC finds a function that only prefetches pure and may drop calls to it that it
+    // does not inline first.
+    static PYPERSISTENT_ALWAYS_INLINE void prefetch_node(const node* n) noexcept {
 #if defined(__GNUC__) || defined(__clang__)
         const char* p = reinterpret_cast<const char*>(n);
-        const std::size_t bytes = level == 0 ? leaf_bytes(n->count) : inner_bytes(n->count);
-        for (std::size_t off = 64; off < bytes; off += 64) __builtin_prefetch(p + off);
+        for (std::size_t off = 64; off < max_node_bytes; off += 64) __builtin_prefetch(p + off);
 #else
         (void)n;
-        (void)level;
 #endif
     }
 
@@ -652,7 +655,7 @@ struct sorted_btree {
         const bool far = t.size > prefetch_above;
         for (unsigned l = t.height; l > 0; --l) {
             n = children(n)[child_index(n, key)];
-            if (far) prefetch_node(n, l - 1);
+            if (far) prefetch_node(n);
         }
         const unsigned pos = leaf_lower_bound(n, key);
         return matches(n, pos, key) ? entries(n) + pos : nullptr;
