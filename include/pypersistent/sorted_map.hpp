@@ -37,8 +37,9 @@
 //
 // Hostile comparators. Compare may throw, and may answer inconsistently (Python's `<`). Every
 // comparison happens on the way down, in a search that only ever narrows an index range inside
-// one node, so whatever Compare answers, the chosen slot is in bounds; it decides *where* an entry
-// goes and whether the key was found, and nothing else. Everything after the descent (copies,
+// one node (or in Compare's own search of a node, see has_node_search, which answers a slot in
+// the node's bounds), so whatever Compare answers, the chosen slot is in bounds; it decides
+// *where* an entry goes and whether the key was found, and nothing else. Everything after the descent (copies,
 // splits, merges, separators, sizes) is computed from the structure alone, without comparisons.
 // An inconsistent comparator can therefore only put entries "out of order" (lookups may then
 // miss them, an insert may add an equivalent key twice); the tree stays a valid B+-tree, size()
@@ -573,7 +574,10 @@ struct sorted_btree {
     static PYPERSISTENT_ALWAYS_INLINE unsigned bound(const char* first, std::size_t stride, unsigned n, const K& key) {
         if constexpr (has_node_search<Compare, K>::value) {
             unsigned pos;
-            if (Compare::template node_bound<Upper>(first, stride, n, key, pos)) return pos;
+            if (Compare::template node_bound<Upper>(first, stride, n, key, pos)) {
+                assert(pos <= n);
+                return pos;
+            }
         }
         unsigned lo = 0, hi = n;
         while (lo < hi) {
