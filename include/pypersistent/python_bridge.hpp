@@ -326,11 +326,11 @@ private:
 // order the strs as `<` does (equal prefixes decide nothing: the rest of the strs is compared),
 // unless both strs are whole in them (at most sixteen characters, none of them NUL, so that the
 // zero padding marks where each ends): two such strs with equal prefixes are equal, and the
-// comparison that finds the key a lookup asks for reads neither object. A lookup makes about log2(n) comparisons, each against a stored key: decided inline, a descent
-// through a large map costs one cache miss per level instead of one per comparison. The kind of
-// the inline bytes lives in the low bits of the object pointer (objects are at least 4-byte
-// aligned), so a key is three words. Any other pair of keys compares through object_less: the
-// order is Python's `<`.
+// comparison that finds the key a lookup asks for reads neither object. A lookup makes about
+// log2(n) comparisons, each against a stored key: decided inline, a descent through a large map
+// costs one cache miss per level instead of one per comparison. The kind of the inline bytes
+// lives in the low bits of the object pointer (objects are at least 4-byte aligned), so a key is
+// three words. Any other pair of keys compares through object_less: the order is Python's `<`.
 class sorted_key {
 public:
     // latin1_whole: latin1_prefix whose str lies whole in the prefix (see above); the two
@@ -447,11 +447,12 @@ struct sorted_key_less {
         }
         if ((kind & sorted_key::latin1_prefix) == 0) return false;
         const inline_bytes probe = inline_bytes_of(key);
-        const bool decided = select_search(first, stride, n, pos, [probe](const sorted_key& k, unsigned& odd) noexcept {
+        const auto below = [probe](const sorted_key& k, unsigned& odd) noexcept {
             odd |= ~static_cast<unsigned>(k.key_kind()) & sorted_key::latin1_prefix;
             const inline_bytes bytes = inline_bytes_of(k);
             return Upper ? bytes <= probe : bytes < probe;
-        });
+        };
+        const bool decided = select_search(first, stride, n, pos, below);
         if (!decided || pos == (Upper ? 0u : n)) return decided;
         const sorted_key& edge = *reinterpret_cast<const sorted_key*>(first + (Upper ? pos - 1 : pos) * stride);
         // Same bytes, both whole: the same str.
@@ -471,7 +472,9 @@ private:
     struct inline_bytes {
         std::uint64_t high, low;
         bool operator==(const inline_bytes& o) const noexcept { return high == o.high && low == o.low; }
-        bool operator<(const inline_bytes& o) const noexcept { return high < o.high || (high == o.high && low < o.low); }
+        bool operator<(const inline_bytes& o) const noexcept {
+            return high < o.high || (high == o.high && low < o.low);
+        }
         bool operator<=(const inline_bytes& o) const noexcept { return !(o < *this); }
     };
     static inline_bytes inline_bytes_of(const sorted_key& k) noexcept { return {k.prefix(), k.prefix_rest()}; }
@@ -484,8 +487,8 @@ private:
     // answers the same for the same key), the search has asked it about both keys at the edge it
     // returns: the one before (answered below) and the one at it (answered not below).
     template <class Below>
-    static PYPERSISTENT_ALWAYS_INLINE bool select_search(const char* first, std::size_t stride, unsigned n, unsigned& pos,
-                                                         Below below) noexcept {
+    static PYPERSISTENT_ALWAYS_INLINE bool select_search(const char* first, std::size_t stride, unsigned n,
+                                                         unsigned& pos, Below below) noexcept {
         if (n == 0) {
             pos = 0;
             return true;

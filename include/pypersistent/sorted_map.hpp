@@ -39,8 +39,9 @@
 // comparison happens on the way down, in a search that only ever narrows an index range inside
 // one node (or in Compare's own search of a node, see has_node_search, which answers a slot in
 // the node's bounds), so whatever Compare answers, the chosen slot is in bounds; it decides
-// *where* an entry goes and whether the key was found, and nothing else. Everything after the descent (copies,
-// splits, merges, separators, sizes) is computed from the structure alone, without comparisons.
+// *where* an entry goes and whether the key was found, and nothing else. Everything after the
+// descent (copies, splits, merges, separators, sizes) is computed from the structure alone,
+// without comparisons.
 // An inconsistent comparator can therefore only put entries "out of order" (lookups may then
 // miss them, an insert may add an equivalent key twice); the tree stays a valid B+-tree, size()
 // stays the number of entries, and iteration visits each entry once.
@@ -89,7 +90,8 @@ struct sorted_entry {
 
 // Whether Compare offers a search of its own over a node's keys:
 //     template <bool Upper>
-//     static bool node_bound(const char* first, std::size_t stride, unsigned n, const K& key, unsigned& pos) noexcept;
+//     static bool node_bound(const char* first, std::size_t stride, unsigned n, const K& key,
+//                            unsigned& pos) noexcept;
 // over the n keys at first, first + stride, ..., in order: it either sets pos to the number of
 // them less than `key` (Upper: not greater than `key`) and returns true, or returns false and the
 // tree's binary search decides. It may look at any of the n keys, and answers from them alone;
@@ -101,8 +103,8 @@ struct has_node_search : std::false_type {};
 template <class Compare, class K>
 struct has_node_search<Compare, K,
                        std::void_t<decltype(Compare::template node_bound<false>(
-                           std::declval<const char*>(), std::size_t{}, 0u, std::declval<const K&>(), std::declval<unsigned&>()))>>
-    : std::true_type {};
+                           std::declval<const char*>(), std::size_t{}, 0u, std::declval<const K&>(),
+                           std::declval<unsigned&>()))>> : std::true_type {};
 
 template <class K, class V, class Compare, class Policy>
 struct sorted_btree {
@@ -150,7 +152,8 @@ struct sorted_btree {
         return seps_offset(capacity) + (capacity - 1) * sizeof(K);
     }
 
-    static constexpr std::size_t max_node_bytes = leaf_bytes(max_slots) > inner_bytes(max_slots) ? leaf_bytes(max_slots) : inner_bytes(max_slots);
+    static constexpr std::size_t max_node_bytes =
+        leaf_bytes(max_slots) > inner_bytes(max_slots) ? leaf_bytes(max_slots) : inner_bytes(max_slots);
 
     static entry_type* entries(node* n) noexcept { return reinterpret_cast<entry_type*>(reinterpret_cast<char*>(n) + leaf_header); }
     static const entry_type* entries(const node* n) noexcept {
@@ -569,7 +572,7 @@ struct sorted_btree {
 
     // The number of the n keys at first, first + stride, ... (in order) that are less than `key`
     // (Upper: not greater than `key`). Compare's own node search runs first where it has one
-    // (see node_search below); it reads no more than the binary search would and may decline.
+    // (has_node_search, above); where it declines, the binary search below answers.
     template <bool Upper>
     static PYPERSISTENT_ALWAYS_INLINE unsigned bound(const char* first, std::size_t stride, unsigned n, const K& key) {
         if constexpr (has_node_search<Compare, K>::value) {
