@@ -331,6 +331,26 @@ bool str_utf8_fast(PyObject* o, std::string_view* utf8, PyObject** holder) {
     return true;
 }
 
+// The value of an exact int of one digit (3.12+: a compact int), read inline; false for the
+// others, which int64_of reads. Where the int layout is not known (see exact_int_hash), false.
+PYPERSISTENT_ALWAYS_INLINE bool one_digit_int_of(PyObject* o, std::int64_t* out) {
+#if PY_VERSION_HEX >= 0x030C0000
+    auto* as_long = reinterpret_cast<PyLongObject*>(o);
+    if (!PyUnstable_Long_IsCompact(as_long)) return false;
+    *out = static_cast<std::int64_t>(PyUnstable_Long_CompactValue(as_long));
+    return true;
+#elif defined(PYPERSISTENT_INLINE_INT_HASH)
+    const Py_ssize_t size = Py_SIZE(o);
+    if (size < -1 || size > 1) return false;
+    *out = size == 0 ? 0 : size * static_cast<std::int64_t>(reinterpret_cast<PyLongObject*>(o)->ob_digit[0]);
+    return true;
+#else
+    (void)o;
+    (void)out;
+    return false;
+#endif
+}
+
 // The value of an int that fits in 64 bits; false (no error set) if it does not. 3.12+ reads a
 // one-digit int inline; PyLong_AsLongLongAndOverflow is a call that checks the type again.
 bool int64_of(PyObject* o, std::int64_t* out) {
@@ -375,26 +395,60 @@ PYPERSISTENT_NOINLINE conv find_value_by_neutral_key(const Map& map, PyObject* k
 // value's block before its own key block is read (two cache misses at once in a large map, not
 // one after the other).
 // Map: shared_map or shared_transient (both have find_entry_matching and find).
+//
+// The paths of short ASCII strs and one-digit ints are find_value itself, inlined into each
+// caller; every other key goes to find_value_other, a call. (With all paths in one function,
+// every lookup paid that function's call and the saving of the registers its other paths use.)
 template <class Map>
-conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
+PYPERSISTENT_NOINLINE conv find_value_other(const Map& map, PyObject* key, const neutral_value** found,
+                                            bool will_read_value);
+
+PYPERSISTENT_NOINLINE bool stored_key_equals_int64(const neutral_value& stored, std::int64_t i) {
+    return stored == neutral_value(i);
+}
+
+// find_value for an int key that fits in 64 bits: compared by value (a stored key of another
+// numeric kind, 1.0 or True for 1, by the general rules, out of line). No neutral probe is
+// built for it: the probe's destructor was a call on every lookup.
+template <class Map>
+PYPERSISTENT_ALWAYS_INLINE conv find_int64(const Map& map, std::int64_t i, const neutral_value** found) {
+    using entry_type = typename Map::value_type;
+    const auto* e = map.find_entry_matching(neutral_detail::hash_int64(i),
+                                            [&](const entry_type& entry) PYPERSISTENT_INLINE_PROBE {
+        const neutral_value& k = entry.first;
+        return k.is_small_int() ? k.as_int64() == i : stored_key_equals_int64(k, i);
+    });
+    *found = e ? &e->second : nullptr;
+    return conv::ok;
+}
+
+template <class Map>
+PYPERSISTENT_ALWAYS_INLINE conv find_value(const Map& map, PyObject* key, const neutral_value** found,
+                                           bool will_read_value) {
+    if (PyUnicode_CheckExact(key) && PyUnicode_IS_COMPACT_ASCII(key) &&
+        static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)) <= neutral_value::short_str_capacity) {
+        // Stored as a short str (canonical form): the stored key matches exactly when its 16
+        // bytes are the probe's, and no key block is read.
+        std::uint64_t probe[2];
+        neutral_value::short_str_words(static_cast<const char*>(PyUnicode_DATA(key)),
+                                       static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)), probe);
+        const auto* e = map.find_entry_matching(neutral_value::short_str_hash_of(probe),
+                                                [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
+            if (will_read_value) entry.second.prefetch();
+            return entry.first.word(0) == probe[0] && entry.first.word(1) == probe[1];
+        });
+        *found = e ? &e->second : nullptr;
+        return conv::ok;
+    }
+    std::int64_t i;
+    if (PyLong_CheckExact(key) && one_digit_int_of(key, &i)) return find_int64(map, i, found);
+    return find_value_other(map, key, found, will_read_value);
+}
+
+template <class Map>
+conv find_value_other(const Map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
     *found = nullptr;
     if (PyUnicode_CheckExact(key)) {
-        if (PyUnicode_IS_COMPACT_ASCII(key) &&
-            static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)) <= neutral_value::short_str_capacity) {
-            // Stored as a short str (canonical form): the stored key matches exactly when its 16
-            // bytes are the probe's, and no key block is read.
-            const std::string_view utf8(static_cast<const char*>(PyUnicode_DATA(key)),
-                                        static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)));
-            std::uint64_t probe[2];
-            neutral_value::short_str_words(utf8.data(), utf8.size(), probe);
-            const auto* e = map.find_entry_matching(neutral_value::short_str_hash_of(probe),
-                                                    [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
-                if (will_read_value) entry.second.prefetch();
-                return entry.first.word(0) == probe[0] && entry.first.word(1) == probe[1];
-            });
-            if (e) *found = &e->second;
-            return conv::ok;
-        }
         std::string_view utf8;
         PyObject* holder;
         if (!str_utf8_fast(key, &utf8, &holder)) return conv::error;
@@ -414,15 +468,7 @@ conv find_value(const Map& map, PyObject* key, const neutral_value** found, bool
         return conv::ok;
     }
     std::int64_t i;
-    if (PyLong_CheckExact(key) && int64_of(key, &i)) {
-        const neutral_value probe(i);  // inline: no allocation
-        const auto* e = map.find_entry_matching(probe.hash(), [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
-            const neutral_value& k = entry.first;
-            return k.is_small_int() ? k.as_int64() == i : k == probe;
-        });
-        if (e) *found = &e->second;
-        return conv::ok;
-    }
+    if (PyLong_CheckExact(key) && int64_of(key, &i)) return find_int64(map, i, found);
     return find_value_by_neutral_key(map, key, found);
 }
 
@@ -621,6 +667,12 @@ PyObject* shared_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
 
 Py_ssize_t shared_length(PyObject* self) { return static_cast<Py_ssize_t>(as_shared(self)->map.size()); }
 
+// A value the handle's own cache did not hold: through the interpreter's cache, or converted.
+// Out of line, so that a lookup the handle's cache answers saves no registers for this path.
+PYPERSISTENT_NOINLINE PyObject* value_missed_by_handle(SharedMapObject* m, const neutral_value& v, std::size_t size) {
+    return m->state->shared_values.get(v, size, [m](const neutral_value& y) { return to_python(y, m->state); });
+}
+
 // The value for key, or nullptr; `found` false when absent. Returns conv::error with an error set.
 PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
     SharedMapObject* m = as_shared(self);
@@ -632,7 +684,7 @@ PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
         if (v) {
             const std::size_t size = m->map.size();
             result = m->values.get(*v, size, [m, size](const neutral_value& x) {
-                return m->state->shared_values.get(x, size, [m](const neutral_value& y) { return to_python(y, m->state); });
+                return value_missed_by_handle(m, x, size);
             });
             failed = result == nullptr;
         }

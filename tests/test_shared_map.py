@@ -181,7 +181,7 @@ def test_str_and_int_lookups_find_exactly_the_equal_keys():
             changed = t[:at] + ("y" if t[at] != "y" else "z") + t[at + 1 :]
             assert changed not in m and m.get(changed) is None
         assert b"x" * len(t) not in m  # bytes never equal str
-    ints = [0, 1, -1, -2, 2**30 - 1, 2**30, -(2**30), 2**31, 2**62, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1]
+    ints = [0, 1, -1, -2, 2**30 - 1, -(2**30 - 1), 2**30, -(2**30), 2**31, 2**62, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1]
     m = SharedMap({k: str(k) for k in ints})
     for k in ints:
         assert m[k] == str(k) and k in m
@@ -213,7 +213,7 @@ def test_transient_str_and_int_lookups_find_exactly_the_equal_keys():
             changed = text[:at] + ("y" if text[at] != "y" else "z") + text[at + 1 :]
             assert changed not in t
         assert b"x" * len(text) not in t
-    ints = [0, 1, -1, 2**30, 2**62, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1]
+    ints = [0, 1, -1, 2**30 - 1, -(2**30 - 1), 2**30, -(2**30), 2**62, 2**63 - 1, -(2**63), 2**63, -(2**63) - 1]
     t = SharedMap().transient()
     for k in ints:
         t[k] = str(k)

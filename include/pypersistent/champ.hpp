@@ -559,9 +559,11 @@ struct champ {
     // entry_is_key(entry) is true. `hash` must be what Hash gives for every key the predicate
     // accepts. For bindings that search with a foreign form of a key (a Python str's UTF-8)
     // without building a K, and that may prefetch the value while testing the key.
+    // Forced inline: a binding's predicate is a lambda, and the walk must be inlined with it into
+    // the binding's lookup (GCC otherwise leaves it a call of its own on every lookup).
     template <class EntryIsKey>
-    static const entry_type* find_matching(const node* root, node_maps root_maps, hash_t hash,
-                                           EntryIsKey&& entry_is_key) {
+    static PYPERSISTENT_ALWAYS_INLINE const entry_type* find_matching(const node* root, node_maps root_maps,
+                                                                      hash_t hash, EntryIsKey&& entry_is_key) {
         const std::uint32_t root_bit = std::uint32_t(1) << fragment(hash, 0);
         if (!(root_maps.nodemap & root_bit)) {
             if (!(root_maps.datamap & root_bit)) return nullptr;

@@ -79,7 +79,7 @@ public:
     // The entry on hash's path that entry_is_key(const value_type&) accepts, or nullptr (see
     // champ::find_matching): a lookup by another representation of a key, whose Hash is `hash`.
     template <class EntryIsKey>
-    const value_type* find_entry_matching(hash_t hash, EntryIsKey&& entry_is_key) const {
+    PYPERSISTENT_ALWAYS_INLINE const value_type* find_entry_matching(hash_t hash, EntryIsKey&& entry_is_key) const {
         if (!root_) return nullptr;
         return trie::find_matching(root_, root_maps_, hash, entry_is_key);
     }

@@ -69,7 +69,7 @@ public:
     // persistent_map::find_entry_matching: the entry on hash's path that
     // entry_is_key(const value_type&) accepts, or nullptr.
     template <class EntryIsKey>
-    const value_type* find_entry_matching(hash_t hash, EntryIsKey&& entry_is_key) const {
+    PYPERSISTENT_ALWAYS_INLINE const value_type* find_entry_matching(hash_t hash, EntryIsKey&& entry_is_key) const {
         if (!root_) return nullptr;
         return trie::find_matching(root_, trie::maps_of(root_), hash, entry_is_key);
     }
