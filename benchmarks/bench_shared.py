@@ -39,16 +39,22 @@ Parts (--parts, default all three):
              and have imported everything by then), in MiB; and what the source cost the main
              interpreter (the SharedMap, or the pickled bytes). Best of --repeat processes.
 
-  lookup     In one interpreter: m[k] and `k in m` over a shuffled list of the map's own keys
-             (200,000 lookups per round; smaller maps are cycled), ns per lookup, for dict,
-             PersistentMap and SharedMap built from the same dicts in one worker process and
-             timed in turn, round after round (best of --rounds each); every cell is the median
-             over --repeat such processes, the ratio the median of each process's own ratio.
-             Int keys and str keys
+  lookup     In one interpreter: m[k] and `k in m` over a stream of random draws of the map's
+             keys (200,000 lookups per round), ns per lookup, for dict, PersistentMap and
+             SharedMap built from the same dicts in one worker process and timed in turn, round
+             after round (best of --rounds each); every cell is the median over --repeat such
+             processes, the ratio the median of each process's own ratio. Int keys and str keys
              ("user:<i>"), with int values (SIZE + i, outside CPython's small-int cache) and str
-             values (str(i)). The probe keys are the stored key objects themselves, so dict and
-             PersistentMap find a key by identity; a SharedMap compares a str key's bytes and
-             builds a new value object on every m[k] (its values are not Python objects).
+             values (str(i)). In most rows the probe keys are the stored key objects themselves,
+             so dict and PersistentMap find a key by identity and never read the stored key; a
+             SharedMap compares a str key's bytes and builds a new value object on every m[k]
+             (its values are not Python objects). The rows marked "equal keys" probe with equal
+             keys built anew (as keys parsed from input or computed are), which dict and
+             PersistentMap must compare with the stored key object. The cycle collector runs
+             once before the rounds and is off during them: a collection before each round
+             would walk the dict and the PersistentMap (containers it tracks), and with them
+             their memory, into the CPU's caches just before they are timed, but not the
+             SharedMap's nodes (no Python objects in them).
 
 Every measurement runs in a fresh worker process. Hand-over and memory workers of the different
 methods take turns (in alternating order) so that a noisy stretch of the machine hits all of them
@@ -79,7 +85,13 @@ PARTS = ["handover", "memory", "lookup"]
 HANDOVER_METHODS = ["shared", "shared via queue", "shared+build", "pickle", "queue", "signal only"]
 MEMORY_METHODS = ["shared", "copies"]
 LOOKUP_STRUCTURES = ["dict", "PersistentMap", "SharedMap"]
-LOOKUP_OPS = ["m[k], int values", "m[k], str values", "k in m"]
+LOOKUP_OPS = [
+    "m[k], int values",
+    "m[k], str values",
+    "k in m",
+    "m[k], int values, equal keys",
+    "k in m, equal keys",
+]
 READERS = 4
 LOOKUPS_PER_ROUND = 200_000
 
@@ -338,18 +350,16 @@ def memory_worker(method: str, size: int, values: str) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def best_ns(f: Callable[[], int], rounds: int) -> float:
+def time_ns(f: Callable[[], int]) -> float:
     """ns per op: f() runs the operations and returns how many it ran."""
-    results = []
-    for _ in range(rounds):
-        gc.collect()
-        gc.disable()
-        t0 = time.perf_counter_ns()
-        n = f()
-        t1 = time.perf_counter_ns()
-        gc.enable()
-        results.append((t1 - t0) / n)
-    return min(results)
+    t0 = time.perf_counter_ns()
+    n = f()
+    return (time.perf_counter_ns() - t0) / n
+
+
+def equal_new_key(k: Any) -> Any:
+    """A key equal to k but a different object (for ints outside CPython's small-int cache)."""
+    return int(str(k)) if isinstance(k, int) else (k + " ")[:-1]
 
 
 def lookup_worker(structures: List[str], size: int, rounds: int) -> Dict[str, Any]:
@@ -370,8 +380,9 @@ def lookup_worker(structures: List[str], size: int, rounds: int) -> Dict[str, An
         # repeats exactly, and the CPU's branch predictor learns it (bench_sorted.py's PROBES).
         rng = random.Random(1)
         probes = [keys[rng.randrange(size)] for _ in range(LOOKUPS_PER_ROUND)]
+        equal_probes = [equal_new_key(k) for k in probes]
 
-        def subscript(m: Any) -> Callable[[], int]:
+        def subscript(m: Any, probes: List[Any] = probes) -> Callable[[], int]:
             def run() -> int:
                 for k in probes:
                     m[k]
@@ -379,7 +390,7 @@ def lookup_worker(structures: List[str], size: int, rounds: int) -> Dict[str, An
 
             return run
 
-        def contains(m: Any) -> Callable[[], int]:
+        def contains(m: Any, probes: List[Any] = probes) -> Callable[[], int]:
             def run() -> int:
                 for k in probes:
                     k in m
@@ -391,14 +402,21 @@ def lookup_worker(structures: List[str], size: int, rounds: int) -> Dict[str, An
             "m[k], int values": lambda s: subscript(maps[s][0]),
             "m[k], str values": lambda s: subscript(maps[s][1]),
             "k in m": lambda s: contains(maps[s][0]),
+            "m[k], int values, equal keys": lambda s: subscript(maps[s][0], equal_probes),
+            "k in m, equal keys": lambda s: contains(maps[s][0], equal_probes),
         }
         out[key_kind] = {}
-        for op, loop_of in loops.items():
-            best = {s: float("inf") for s in structures}
-            for r in range(rounds):
-                for s in structures if r % 2 == 0 else structures[::-1]:
-                    best[s] = min(best[s], best_ns(loop_of(s), 1))
-            out[key_kind][op] = best
+        gc.collect()
+        gc.disable()
+        try:
+            for op, loop_of in loops.items():
+                best = {s: float("inf") for s in structures}
+                for r in range(rounds):
+                    for s in structures if r % 2 == 0 else structures[::-1]:
+                        best[s] = min(best[s], time_ns(loop_of(s)))
+                out[key_kind][op] = best
+        finally:
+            gc.enable()
     return out
 
 

@@ -270,7 +270,14 @@ private:
 //
 // Only for maps of at most max_map_size entries, and allocated only once the handle has served
 // as many reads as half its map's entries, so that a map read a few times never pays for the
-// table: 4 slots per entry (16 bytes each), direct-mapped by the value's address.
+// table. Direct-mapped by the value's address, 16 bytes a slot: 4 slots per entry for maps of up
+// to roomy_map_size entries, one per entry above (a 16K-entry map: a 256 KiB table). A read that
+// hits hands out an object the handle keeps instead of building a new one and freeing it again.
+// Above roomy_map_size the kept objects are spread over more memory than the CPU's nearest
+// caches hold, and a fresh int or float (built in the block the allocator freed last, which is
+// in cache) costs less than fetching a kept one: those are converted afresh there, and only
+// values that cost more to build (strs, bytes, tuples, big ints) are kept. Beyond max_map_size
+// the same holds for every kind.
 //
 // Thread safety: as shared_value_cache (the interpreter's GIL; compiled out on free-threaded
 // builds). A conversion on a miss may run Python code (allocating a tuple may start the cycle
@@ -281,7 +288,8 @@ private:
 // objects), so they form no cycle through it.
 class handle_value_cache {
 public:
-    static constexpr std::size_t max_map_size = 2048;
+    static constexpr std::size_t max_map_size = 16384;
+    static constexpr std::size_t roomy_map_size = 2048;
 
     handle_value_cache() = default;
     handle_value_cache(const handle_value_cache&) = delete;
@@ -293,6 +301,9 @@ public:
     // with an error set), remembered.
     template <class Convert>
     PyObject* get(const neutral_value& v, std::size_t map_size, Convert&& convert) {
+        if (map_size > roomy_map_size && (v.is_small_int() || v.is_float() || v.is_none() || v.is_bool())) {
+            return convert(v);
+        }
         if (!slots_ && !ensure_table(map_size)) return convert(v);
         const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(&v) / entry_bytes;
         slot& s = slots_[(at ^ (at >> slot_bits_)) & (slot_count() - 1)];
@@ -329,7 +340,8 @@ private:
     bool ensure_table(std::size_t map_size) noexcept {
         if (map_size > max_map_size || ++reads_ < map_size / 2) return false;
         unsigned bits = 4;
-        while ((std::size_t(1) << bits) < 4 * map_size) ++bits;
+        const std::size_t slots_per_entry = map_size <= roomy_map_size ? 4 : 1;
+        while ((std::size_t(1) << bits) < slots_per_entry * map_size) ++bits;
         slots_ = static_cast<slot*>(std::calloc(std::size_t(1) << bits, sizeof(slot)));
         if (!slots_) return false;
         slot_bits_ = bits;

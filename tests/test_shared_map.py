@@ -333,8 +333,10 @@ def test_looked_up_values_may_be_shared_but_never_change():
 
 # A SharedMap object of a small map keeps the objects it returned in its own table, keyed by
 # where each value lies in the trie (handle_value_cache in src/shared_value_cache.hpp): built
-# once the object has served half as many reads as the map has entries.
-_HANDLE_CACHED_MAP_SIZE = 2048  # handle_value_cache::max_map_size
+# once the object has served half as many reads as the map has entries; 4 slots per entry up
+# to _HANDLE_ROOMY_MAP_SIZE entries, one above (so values collide on slots there).
+_HANDLE_CACHED_MAP_SIZE = 16384  # handle_value_cache::max_map_size
+_HANDLE_ROOMY_MAP_SIZE = 2048  # handle_value_cache::roomy_map_size
 
 
 def _values_of_every_kind(n: int) -> list:
@@ -354,7 +356,10 @@ def _values_of_every_kind(n: int) -> list:
     return [kinds[i % len(kinds)](i) for i in range(n)]
 
 
-@pytest.mark.parametrize("size", [1, 7, 300, _HANDLE_CACHED_MAP_SIZE, _HANDLE_CACHED_MAP_SIZE + 1])
+@pytest.mark.parametrize(
+    "size",
+    [1, 7, 300, _HANDLE_ROOMY_MAP_SIZE, _HANDLE_ROOMY_MAP_SIZE + 1, _HANDLE_CACHED_MAP_SIZE, _HANDLE_CACHED_MAP_SIZE + 1],
+)
 def test_a_handles_reads_stay_right_once_it_caches_them(size):
     values = _values_of_every_kind(size)
     m = SharedMap({i: v for i, v in enumerate(values)})
