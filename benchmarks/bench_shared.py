@@ -43,8 +43,10 @@ Parts (--parts, default all three):
              keys (200,000 lookups per round), ns per lookup, for dict, PersistentMap and
              SharedMap built from the same dicts in one worker process and timed in turn, round
              after round (best of --rounds each); every cell is the median over --repeat such
-             processes, the ratio the median of each process's own ratio. Int keys and str keys
-             ("user:<i>"), with int values (SIZE + i, outside CPython's small-int cache) and str
+             processes, the ratio the median of each process's own ratio. Int keys, str keys
+             ("user:<i>", 6 to 10 characters: a SharedMap keeps them inside its entries) and long
+             str keys ("customer-<i, 12 digits>", 21 characters: kept in a block of their own,
+             which a lookup must read to compare), with int values (SIZE + i, outside CPython's small-int cache) and str
              values (str(i)). In most rows the probe keys are the stored key objects themselves,
              so dict and PersistentMap find a key by identity and never read the stored key; a
              SharedMap compares a str key's bytes and builds a new value object on every m[k]
@@ -92,6 +94,7 @@ LOOKUP_OPS = [
     "m[k], int values, equal keys",
     "k in m, equal keys",
 ]
+KEY_KINDS = ["int", "str", "long str"]
 READERS = 4
 LOOKUPS_PER_ROUND = 200_000
 
@@ -357,6 +360,14 @@ def time_ns(f: Callable[[], int]) -> float:
     return (time.perf_counter_ns() - t0) / n
 
 
+def make_lookup_keys(key_kind: str, size: int) -> List[Any]:
+    if key_kind == "int":
+        return list(range(size))
+    if key_kind == "str":
+        return [f"user:{i}" for i in range(size)]
+    return [f"customer-{i:012d}" for i in range(size)]
+
+
 def equal_new_key(k: Any) -> Any:
     """A key equal to k but a different object (for ints outside CPython's small-int cache)."""
     return int(str(k)) if isinstance(k, int) else (k + " ")[:-1]
@@ -371,8 +382,8 @@ def lookup_worker(structures: List[str], size: int, rounds: int) -> Dict[str, An
 
     makers = {"dict": dict, "PersistentMap": PersistentMap, "SharedMap": SharedMap}
     out: Dict[str, Any] = {}
-    for key_kind in ("int", "str"):
-        keys: List[Any] = list(range(size)) if key_kind == "int" else [f"user:{i}" for i in range(size)]
+    for key_kind in KEY_KINDS:
+        keys = make_lookup_keys(key_kind, size)
         int_values = {k: size + i for i, k in enumerate(keys)}
         str_values = {k: str(i) for i, k in enumerate(keys)}
         maps = {s: (makers[s](int_values), makers[s](str_values)) for s in structures}
@@ -501,7 +512,7 @@ def report_lookup(args: argparse.Namespace, sizes: List[int]) -> None:
     ratio = "SharedMap" in structures and "PersistentMap" in structures
     print("| keys | entries | operation | " + " | ".join(structures) + (" | SharedMap / PersistentMap |" if ratio else " |"))
     print("|---|---:|---|" + "---:|" * (len(structures) + ratio))
-    for key_kind in ("int", "str"):
+    for key_kind in KEY_KINDS:
         for size in sizes:
             for op in LOOKUP_OPS:
                 cells_of = [r[key_kind][op] for r in runs[size]]

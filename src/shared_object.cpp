@@ -490,6 +490,7 @@ PyObject* to_python(const neutral_value& v, module_state* state) {
 #endif
         }
         case kind::floating: return PyFloat_FromDouble(v.as_double());
+        case kind::short_str:  // a storage form of str; type() reports kind::str
         case kind::str: {
             const std::string_view s = v.str_view();
             if (v.str_is_ascii()) {

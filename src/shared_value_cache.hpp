@@ -53,9 +53,11 @@
 
 namespace pypersistent::python {
 
-// a[0..n) == b[0..n) for the short strings of most lookups without a call into libc's memcmp:
-// loads that overlap rather than a loop, and never past either end.
-inline bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
+// a[0..n) == b[0..n) for the strings of most lookups without a call into libc's memcmp: 8-byte
+// words, the last one overlapping the one before it rather than a loop over the tail, and never
+// past either end. Past max_inline_compare bytes, memcmp's vector loop is the faster.
+inline constexpr std::size_t max_inline_compare = 64;
+PYPERSISTENT_ALWAYS_INLINE bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
     auto load8 = [](const char* p) {
         std::uint64_t v;
         std::memcpy(&v, p, 8);
@@ -67,8 +69,11 @@ inline bool same_bytes(const char* a, const char* b, std::size_t n) noexcept {
         return v;
     };
     if (n >= 8) {
-        if (n > 16) return std::memcmp(a, b, n) == 0;
-        return load8(a) == load8(b) && load8(a + n - 8) == load8(b + n - 8);
+        if (n > max_inline_compare) return std::memcmp(a, b, n) == 0;
+        for (std::size_t i = 0; i + 8 < n; i += 8) {
+            if (load8(a + i) != load8(b + i)) return false;
+        }
+        return load8(a + n - 8) == load8(b + n - 8);
     }
     if (n >= 4) return load4(a) == load4(b) && load4(a + n - 4) == load4(b + n - 4);
     for (std::size_t i = 0; i < n; ++i) {

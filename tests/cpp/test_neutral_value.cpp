@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -221,26 +222,40 @@ TEST_F(Neutral, Strings) {
 }
 
 // The str hash a binding computes from a Python str's UTF-8 in place (str_hash_of) is the hash
-// of the built value, for every tail length of the hash's 8-byte steps; and the tail's
-// overlapping loads give the byte-at-a-time loop's result (hashes are fixed across builds).
+// of the built value, for every length around the hash's 16-byte steps; and its overlapping
+// word loads give what reading each byte once does (hashes are fixed across builds).
 TEST_F(Neutral, StrHashOfMatchesBuiltStrsAndTheBytewiseTail) {
     using namespace pypersistent::neutral_detail;
     auto bytewise_hash = [](const unsigned char* p, std::size_t n, std::uint64_t seed) {
-        constexpr std::uint64_t k1 = 0x87C37B91114253D5ull, k2 = 0x4CF5AD432745937Full;
-        std::uint64_t h = seed ^ (static_cast<std::uint64_t>(n) * 0x9E3779B97F4A7C15ull);
-        for (; n >= 8; p += 8, n -= 8) {
-            std::uint64_t k = 0;
-            for (int i = 0; i < 8; ++i) k |= static_cast<std::uint64_t>(p[i]) << (8 * i);
-            h ^= rotl(k * k1, 31) * k2;
-            h = rotl(h, 27) * 5 + 0x52DCE729;
+        constexpr std::uint64_t k1 = 0xA0761D6478BD642Full, k2 = 0xE7037ED1A0B428DBull, k3 = 0x8EBC6AF09C88C6E3ull;
+        // The little-endian number of the bytes [from, from + count) of the string.
+        auto word = [p](std::size_t from, std::size_t count) {
+            std::uint64_t w = 0;
+            for (std::size_t i = 0; i < count; ++i) w |= static_cast<std::uint64_t>(p[from + i]) << (8 * i);
+            return w;
+        };
+        std::uint64_t h = seed, a, b;
+        std::size_t at = 0, left = n;
+        while (left > 16) {
+            h = folded_multiply(word(at, 8) ^ k1, word(at + 8, 8) ^ h);
+            at += 16;
+            left -= 16;
         }
-        std::uint64_t tail = 0;
-        for (std::size_t i = 0; i < n; ++i) tail |= static_cast<std::uint64_t>(p[i]) << (8 * i);
-        h ^= rotl(tail * k1, 31) * k2;
-        return mix64(h);
+        if (n > 16) {
+            a = word(n - 16, 8);
+            b = word(n - 8, 8);
+        } else if (n >= 8) {
+            a = word(0, 8);
+            b = word(n - 8, 8);
+        } else {
+            a = word(0, n);
+            b = 0;
+        }
+        const wide_product m = multiply_wide(a ^ k1, b ^ h);
+        return folded_multiply(m.low ^ k2 ^ n, m.high ^ k3);
     };
     std::string s;
-    for (std::size_t n = 0; n <= 40; ++n) {
+    for (std::size_t n = 0; n <= 72; ++n) {
         const auto* p = reinterpret_cast<const unsigned char*>(s.data());
         EXPECT_EQ(nv::str_hash_of(s), nv(s).hash()) << n;
         EXPECT_EQ(nv(s).str_hash(), nv(s).hash()) << n;
@@ -291,6 +306,45 @@ TEST_F(Neutral, ShortStrHashesAgreeAndSpread) {
     for (int f = 0; f < 32; ++f) {
         EXPECT_NEAR(first_fragment[f], expected, expected * 0.05) << f;
         EXPECT_NEAR(second_fragment[f], expected, expected * 0.05) << f;
+    }
+}
+
+// Longer strs (and bytes) hash with hash_bytes: keys that differ in one character anywhere,
+// or only in their length (trailing NULs, which overlapping loads read twice), get distinct
+// hashes, and every fragment the trie looks at is used evenly: the first two and the last
+// levels' (shift 60 sees the top 4 bits).
+TEST_F(Neutral, LongStrHashesSpread) {
+    std::set<std::string> strs;
+    for (int i = 0; i < 100000; ++i) {
+        char id[32];
+        std::snprintf(id, sizeof id, "customer-%012d", i);  // 21 bytes: a step of 16, then 5
+        strs.insert(id);
+        std::string one_off(40, 'x');  // 40 bytes: two steps, then 8; one character varies
+        one_off[static_cast<std::size_t>(i % 40)] = static_cast<char>(' ' + (i / 40) % 95);
+        one_off[static_cast<std::size_t>((i / 3800) % 40)] ^= 0x20;
+        strs.insert(one_off);
+        strs.insert(std::string("https://example.org/items/").append(std::to_string(i * 13)));
+    }
+    for (std::size_t n = 14; n <= 80; ++n) strs.insert(std::string(n, '\0'));
+    std::vector<std::uint64_t> hashes;
+    std::vector<int> first(32), second(32), last(16);
+    for (const std::string& s : strs) {
+        const nv v(s);
+        ASSERT_FALSE(v.is_short_str()) << s;
+        EXPECT_EQ(nv::str_hash_of(s), v.hash()) << s;
+        hashes.push_back(v.hash());
+        ++first[v.hash() & 31];
+        ++second[(v.hash() >> 5) & 31];
+        ++last[v.hash() >> 60];
+    }
+    std::vector<std::uint64_t> sorted = hashes;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "two strs share a hash";
+    const double expected = static_cast<double>(hashes.size()) / 32;
+    for (int f = 0; f < 32; ++f) {
+        EXPECT_NEAR(first[f], expected, expected * 0.05) << f;
+        EXPECT_NEAR(second[f], expected, expected * 0.05) << f;
+        EXPECT_NEAR(last[f / 2], 2 * expected, 2 * expected * 0.05) << f;
     }
 }
 
