@@ -269,14 +269,33 @@ TEST_F(Neutral, StrHashOfMatchesBuiltStrsAndTheBytewiseTail) {
     }
 }
 
+// The hashes are all distinct, and the trie's fragments at shifts 0, 5 and 60 (the last level
+// sees the top 4 bits) are each used within 5% of evenly.
+void expect_distinct_and_even(const std::vector<std::uint64_t>& hashes) {
+    std::vector<std::uint64_t> sorted = hashes;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "two strs share a hash";
+    std::vector<int> first(32), second(32), last(16);
+    for (const std::uint64_t h : hashes) {
+        ++first[h & 31];
+        ++second[(h >> 5) & 31];
+        ++last[h >> 60];
+    }
+    const double expected = static_cast<double>(hashes.size()) / 32;
+    for (int f = 0; f < 32; ++f) {
+        EXPECT_NEAR(first[f], expected, expected * 0.05) << f;
+        EXPECT_NEAR(second[f], expected, expected * 0.05) << f;
+    }
+    for (int f = 0; f < 16; ++f) EXPECT_NEAR(last[f], 2 * expected, 2 * expected * 0.05) << f;
+}
+
 // Short strs hash by their two words (short_str_hash): the same hash whatever form the caller
 // holds the characters in (str_hash_of of the UTF-8, the value, its words), and hashes that
 // spread: keys differing only in a late character, or only in their length (trailing NULs),
-// get distinct hashes, and the trie's first fragments are all used evenly.
+// get distinct hashes, and the trie's fragments are all used evenly.
 TEST_F(Neutral, ShortStrHashesAgreeAndSpread) {
     std::uint64_t words[2];
     std::vector<std::uint64_t> hashes;
-    std::vector<int> first_fragment(32), second_fragment(32);
     auto add = [&](const std::string& s) {
         ASSERT_LE(s.size(), nv::short_str_capacity);
         const nv v(s);
@@ -285,8 +304,6 @@ TEST_F(Neutral, ShortStrHashesAgreeAndSpread) {
         EXPECT_EQ(nv::short_str_hash_of(words), v.hash()) << s;
         EXPECT_EQ(nv::str_hash_of(s), v.hash()) << s;
         hashes.push_back(v.hash());
-        ++first_fragment[v.hash() & 31];
-        ++second_fragment[(v.hash() >> 5) & 31];
     };
     std::set<std::string> strs;
     for (int i = 0; i < 100000; ++i) {
@@ -299,14 +316,7 @@ TEST_F(Neutral, ShortStrHashesAgreeAndSpread) {
     }
     for (std::size_t n = 0; n <= nv::short_str_capacity; ++n) strs.insert(std::string(n, '\0'));
     for (const std::string& s : strs) add(s);
-    std::vector<std::uint64_t> sorted = hashes;
-    std::sort(sorted.begin(), sorted.end());
-    EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "two short strs share a hash";
-    const double expected = static_cast<double>(hashes.size()) / 32;
-    for (int f = 0; f < 32; ++f) {
-        EXPECT_NEAR(first_fragment[f], expected, expected * 0.05) << f;
-        EXPECT_NEAR(second_fragment[f], expected, expected * 0.05) << f;
-    }
+    expect_distinct_and_even(hashes);
 }
 
 // Longer strs (and bytes) hash with hash_bytes: keys that differ in one character anywhere,
@@ -327,25 +337,13 @@ TEST_F(Neutral, LongStrHashesSpread) {
     }
     for (std::size_t n = 14; n <= 80; ++n) strs.insert(std::string(n, '\0'));
     std::vector<std::uint64_t> hashes;
-    std::vector<int> first(32), second(32), last(16);
     for (const std::string& s : strs) {
         const nv v(s);
         ASSERT_FALSE(v.is_short_str()) << s;
         EXPECT_EQ(nv::str_hash_of(s), v.hash()) << s;
         hashes.push_back(v.hash());
-        ++first[v.hash() & 31];
-        ++second[(v.hash() >> 5) & 31];
-        ++last[v.hash() >> 60];
     }
-    std::vector<std::uint64_t> sorted = hashes;
-    std::sort(sorted.begin(), sorted.end());
-    EXPECT_EQ(std::adjacent_find(sorted.begin(), sorted.end()), sorted.end()) << "two strs share a hash";
-    const double expected = static_cast<double>(hashes.size()) / 32;
-    for (int f = 0; f < 32; ++f) {
-        EXPECT_NEAR(first[f], expected, expected * 0.05) << f;
-        EXPECT_NEAR(second[f], expected, expected * 0.05) << f;
-        EXPECT_NEAR(last[f / 2], 2 * expected, 2 * expected * 0.05) << f;
-    }
+    expect_distinct_and_even(hashes);
 }
 
 TEST_F(Neutral, BytesAreNotStr) {
