@@ -410,7 +410,8 @@ def test_a_handles_cache_survives_reads_from_finalizers_and_gc():
     assert seen and all(seen)
 
 
-def test_a_handles_cache_is_released_with_the_handle():
+@pytest.mark.parametrize("size", [1_000, 10_000])  # 4 slots per entry, and one
+def test_a_handles_cache_is_released_with_the_handle(size):
     # Objects a handle cached are freed when the handle goes: reading many maps many times
     # and dropping them leaves about as many allocated blocks as only building them.
     import gc
@@ -420,10 +421,10 @@ def test_a_handles_cache_is_released_with_the_handle():
         gc.collect()
         before = sys.getallocatedblocks()
         for round_ in range(20):
-            m = SharedMap({i: f"value {round_} {i}" for i in range(1_000)})
+            m = SharedMap({i: f"value {round_} {i}" for i in range(size)})
             if read:
                 for _ in range(3):
-                    for i in range(1_000):
+                    for i in range(size):
                         m[i]
             del m
         gc.collect()
