@@ -379,28 +379,30 @@ def test_a_handles_reads_stay_right_once_it_caches_them(size):
             assert changed[i] == values[i] and same_typed(changed[i], values[i])
 
 
-def test_a_handles_cache_survives_reads_from_finalizers_and_gc():
+@pytest.mark.parametrize("size", [200, 3_000])  # 4 slots per entry, and one (strs and tuples kept)
+def test_a_handles_cache_survives_reads_from_finalizers_and_gc(size):
     # Converting a tuple value allocates a tuple, which may start the cycle collector; a
     # finalizer it runs reads the same map (re-entering its cache) and drops other versions.
     import gc
 
-    values = {i: (i, f"v{i}") if i % 2 else f"s{i}" for i in range(200)}
+    values = {i: (i, f"v{i}") if i % 2 else f"s{i}" for i in range(size)}
     m = SharedMap(values)
     seen = []
+    step = size // 200  # 200 reads a round: the table is built within the first rounds
 
     class Reader:
         def __init__(self):
             self.cycle = self
 
         def __del__(self):
-            for j in range(0, 200, 17):
+            for j in range(0, size, 17 * step):
                 seen.append(m[j] == values[j] and m.get(j) == values[j])
 
     old = gc.get_threshold()
     gc.set_threshold(1, 1, 1)
     try:
         for round_ in range(20):
-            for i in range(200):
+            for i in range(0, size, step):
                 Reader()
                 got = m[i]
                 assert got == values[i] and same_typed(got, values[i]), (round_, i, got)
