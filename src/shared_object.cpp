@@ -395,6 +395,8 @@ PYPERSISTENT_NOINLINE conv find_value_by_neutral_key(const Map& map, PyObject* k
 // value's block before its own key block is read (two cache misses at once in a large map, not
 // one after the other).
 // Map: shared_map or shared_transient (both have find_entry_matching and find).
+// Never throws: only building a neutral key (find_value_by_neutral_key) can, and
+// find_value_other turns that into a Python error, so callers need no handler.
 //
 // The paths of short ASCII strs and one-digit ints are find_value itself, inlined into each
 // caller; every other key goes to find_value_other, a call. (With all paths in one function,
@@ -469,7 +471,7 @@ conv find_value_other(const Map& map, PyObject* key, const neutral_value** found
     }
     std::int64_t i;
     if (PyLong_CheckExact(key) && int64_of(key, &i)) return find_int64(map, i, found);
-    return find_value_by_neutral_key(map, key, found);
+    return guard<conv>(conv::error, [&] { return find_value_by_neutral_key(map, key, found); });
 }
 
 // ---- neutral -> Python -------------------------------------------------------------------
@@ -668,30 +670,26 @@ PyObject* shared_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
 
 Py_ssize_t shared_length(PyObject* self) { return static_cast<Py_ssize_t>(as_shared(self)->map.size()); }
 
-// A value the handle's own cache did not hold: through the interpreter's cache, or converted.
-// Out of line, so that a lookup the handle's cache answers saves no registers for this path.
+// A value the handle's own cache did not hold: through the interpreter's cache, or converted
+// (nullptr with an error set if that fails). Out of line, so that a lookup the handle's cache
+// answers saves no registers for this path.
 PYPERSISTENT_NOINLINE PyObject* value_missed_by_handle(SharedMapObject* m, const neutral_value& v, std::size_t size) {
-    return m->state->shared_values.get(v, size, [m](const neutral_value& y) { return to_python(y, m->state); });
+    return guard([&] {
+        return m->state->shared_values.get(v, size, [m](const neutral_value& y) { return to_python(y, m->state); });
+    });
 }
 
-// The value for key, or nullptr; `found` false when absent. Returns conv::error with an error set.
-PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
+// The value for key, or nullptr; `status` conv::error when an error is set (else absent).
+// Inlined into m[k] and get(), and with no exception handler of its own (find_value never
+// throws): a lookup that the handle's cache answers then makes no call beyond the trie's.
+PYPERSISTENT_ALWAYS_INLINE PyObject* lookup(PyObject* self, PyObject* key, conv* status) {
     SharedMapObject* m = as_shared(self);
-    PyObject* result = nullptr;
-    bool failed = false;
-    *status = guard<conv>(conv::error, [&] {
-        const neutral_value* v;
-        const conv r = find_value(m->map, key, &v, true);
-        if (v) {
-            const std::size_t size = m->map.size();
-            result = m->values.get(*v, size, [m, size](const neutral_value& x) {
-                return value_missed_by_handle(m, x, size);
-            });
-            failed = result == nullptr;
-        }
-        return r;
-    });
-    if (failed) *status = conv::error;
+    const neutral_value* v = nullptr;
+    *status = find_value(m->map, key, &v, true);
+    if (!v) return nullptr;
+    const std::size_t size = m->map.size();
+    PyObject* result = m->values.get(*v, size, [m, size](const neutral_value& x) { return value_missed_by_handle(m, x, size); });
+    if (!result) *status = conv::error;
     return result;
 }
 
@@ -704,16 +702,9 @@ PyObject* shared_subscript(PyObject* self, PyObject* key) {
 }
 
 int shared_contains(PyObject* self, PyObject* key) {
-    SharedMapObject* m = as_shared(self);
-    bool found = false;
-    const conv r = guard<conv>(conv::error, [&] {
-        const neutral_value* v;
-        const conv r = find_value(m->map, key, &v, false);
-        found = v != nullptr;
-        return r;
-    });
-    if (r == conv::error) return -1;
-    return found ? 1 : 0;
+    const neutral_value* v;
+    if (find_value(as_shared(self)->map, key, &v, false) == conv::error) return -1;
+    return v ? 1 : 0;
 }
 
 PyObject* shared_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {

@@ -725,6 +725,8 @@ expect_recursion_error("hash(a)", lambda: hash(a))
 expect_recursion_error("a as a key", lambda: SharedMap({a: 1}))
 expect_recursion_error("a in a tuple key", lambda: SharedMap({(1, a): 1}))
 expect_recursion_error("lookup by a tuple key", lambda: SharedMap({(1, 2): 1}).get((1, a)))
+expect_recursion_error("m[tuple key]", lambda: SharedMap({(1, 2): 1})[(1, a)])
+expect_recursion_error("tuple key in m", lambda: (1, a) in SharedMap({(1, 2): 1}))
 t = SharedMap().transient()
 expect_recursion_error("transient[a] = 1", lambda: t.__setitem__((a,), 1))
 assert len(t) == 0
