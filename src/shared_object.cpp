@@ -399,8 +399,9 @@ PYPERSISTENT_NOINLINE conv find_value_by_neutral_key(const Map& map, PyObject* k
 // find_value_other turns that into a Python error, so callers need no handler.
 //
 // The paths of short ASCII strs and one-digit ints are find_value itself, inlined into each
-// caller; every other key goes to find_value_other, a call. (With all paths in one function,
-// every lookup paid that function's call and the saving of the registers its other paths use.)
+// caller; a longer ASCII str goes straight to find_by_utf8, every other key to
+// find_value_other, each a call. (With all paths in one function, every lookup paid that
+// function's call and the saving of the registers its other paths use.)
 template <class Map>
 PYPERSISTENT_NOINLINE conv find_value_other(const Map& map, PyObject* key, const neutral_value** found,
                                             bool will_read_value);
@@ -424,16 +425,40 @@ PYPERSISTENT_ALWAYS_INLINE conv find_int64(const Map& map, std::int64_t i, const
     return conv::ok;
 }
 
+// find_value for a str whose UTF-8 is utf8 and that is not stored as a short str (longer than
+// short_str_capacity, or not ASCII): hashed and compared where CPython keeps its UTF-8, with
+// no copy into a probe and no generic equality. A call of its own with nothing else in it, so
+// that it saves few registers and the short str path inlined into the callers none for it.
+template <class Map>
+PYPERSISTENT_NOINLINE const neutral_value* find_by_utf8(const Map& map, std::string_view utf8, bool will_read_value) {
+    const hash_t hash = neutral_value::str_hash_of(utf8);
+    const auto* e = map.find_entry_matching(hash, [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
+        if (will_read_value) entry.second.prefetch();
+        const neutral_value& k = entry.first;
+        // Long or non-ASCII keys are stored in blocks; a short stored key can still match a
+        // str whose form hid that it is short ASCII (a legacy, non-compact str before 3.12).
+        if (k.is_short_str()) return k.str_view() == utf8;
+        if (!k.is_block_str() || k.str_hash() != hash) return false;
+        const std::string_view stored = k.str_view();
+        return stored.size() == utf8.size() && same_bytes(stored.data(), utf8.data(), utf8.size());
+    });
+    return e ? &e->second : nullptr;
+}
+
 template <class Map>
 PYPERSISTENT_ALWAYS_INLINE conv find_value(const Map& map, PyObject* key, const neutral_value** found,
                                            bool will_read_value) {
-    if (PyUnicode_CheckExact(key) && PyUnicode_IS_COMPACT_ASCII(key) &&
-        static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)) <= neutral_value::short_str_capacity) {
+    if (PyUnicode_CheckExact(key) && PyUnicode_IS_COMPACT_ASCII(key)) {
+        const auto size = static_cast<std::size_t>(PyUnicode_GET_LENGTH(key));
+        const char* data = static_cast<const char*>(PyUnicode_DATA(key));
+        if (size > neutral_value::short_str_capacity) {
+            *found = find_by_utf8(map, std::string_view(data, size), will_read_value);
+            return conv::ok;
+        }
         // Stored as a short str (canonical form): the stored key matches exactly when its 16
         // bytes are the probe's, and no key block is read.
         std::uint64_t probe[2];
-        neutral_value::short_str_words(static_cast<const char*>(PyUnicode_DATA(key)),
-                                       static_cast<std::size_t>(PyUnicode_GET_LENGTH(key)), probe);
+        neutral_value::short_str_words(data, size, probe);
         const auto* e = map.find_entry_matching(neutral_value::short_str_hash_of(probe),
                                                 [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
             if (will_read_value) entry.second.prefetch();
@@ -454,19 +479,8 @@ conv find_value_other(const Map& map, PyObject* key, const neutral_value** found
         std::string_view utf8;
         PyObject* holder;
         if (!str_utf8_fast(key, &utf8, &holder)) return conv::error;
-        const hash_t hash = neutral_value::str_hash_of(utf8);
-        const auto* e = map.find_entry_matching(hash, [&](const typename Map::value_type& entry) PYPERSISTENT_INLINE_PROBE {
-            if (will_read_value) entry.second.prefetch();
-            const neutral_value& k = entry.first;
-            // Long or non-ASCII keys are stored in blocks; a short stored key can still match a
-            // str whose form hid that it is short ASCII (a legacy, non-compact str before 3.12).
-            if (k.is_short_str()) return k.str_view() == utf8;
-            if (!k.is_block_str() || k.str_hash() != hash) return false;
-            const std::string_view stored = k.str_view();
-            return stored.size() == utf8.size() && same_bytes(stored.data(), utf8.data(), utf8.size());
-        });
+        *found = find_by_utf8(map, utf8, will_read_value);
         Py_XDECREF(holder);
-        if (e) *found = &e->second;
         return conv::ok;
     }
     std::int64_t i;
