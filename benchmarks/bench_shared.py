@@ -46,8 +46,8 @@ Parts (--parts, default all three):
              processes, the ratio the median of each process's own ratio. Int keys, str keys
              ("user:<i>", 6 to 10 characters: a SharedMap keeps them inside its entries) and long
              str keys ("customer-<i, 12 digits>", 21 characters: kept in a block of their own,
-             which a lookup must read to compare), with int values (SIZE + i, outside CPython's small-int cache) and str
-             values (str(i)). In most rows the probe keys are the stored key objects themselves,
+             which a lookup must read to compare), with int values (SIZE + i, outside
+             CPython's small-int cache) and str values (str(i)). In most rows the probe keys are the stored key objects themselves,
              so dict and PersistentMap find a key by identity and never read the stored key; a
              SharedMap compares a str key's bytes and builds a new value object on every m[k]
              (its values are not Python objects). The rows marked "equal keys" probe with equal

@@ -314,23 +314,6 @@ conv with_lookup_key(PyObject* key, F&& f) {
 
 // ---- the lookup fast path ------------------------------------------------------------------
 
-// The UTF-8 of a str without a call when CPython already holds it: a compact ASCII str's
-// characters are its UTF-8. Otherwise str_utf8 (CPython caches a str's UTF-8 in the object, so
-// a key looked up again does not encode again).
-bool str_utf8_fast(PyObject* o, std::string_view* utf8, PyObject** holder) {
-    if (PyUnicode_IS_COMPACT_ASCII(o)) {
-        *holder = nullptr;
-        *utf8 = std::string_view(static_cast<const char*>(PyUnicode_DATA(o)),
-                                 static_cast<std::size_t>(PyUnicode_GET_LENGTH(o)));
-        return true;
-    }
-    const char* data;
-    Py_ssize_t size;
-    if (!str_utf8(o, &data, &size, holder)) return false;
-    *utf8 = std::string_view(data, static_cast<std::size_t>(size));
-    return true;
-}
-
 // The value of an exact int of one digit (3.12+: a compact int), read inline; false for the
 // others, which int64_of reads. Where the int layout is not known (see exact_int_hash), false.
 PYPERSISTENT_ALWAYS_INLINE bool one_digit_int_of(PyObject* o, std::int64_t* out) {
@@ -476,10 +459,12 @@ template <class Map>
 conv find_value_other(const Map& map, PyObject* key, const neutral_value** found, bool will_read_value) {
     *found = nullptr;
     if (PyUnicode_CheckExact(key)) {
-        std::string_view utf8;
+        // Not compact ASCII (find_value took those): CPython's cached UTF-8, made on first use.
+        const char* data;
+        Py_ssize_t size;
         PyObject* holder;
-        if (!str_utf8_fast(key, &utf8, &holder)) return conv::error;
-        *found = find_by_utf8(map, utf8, will_read_value);
+        if (!str_utf8(key, &data, &size, &holder)) return conv::error;
+        *found = find_by_utf8(map, std::string_view(data, static_cast<std::size_t>(size)), will_read_value);
         Py_XDECREF(holder);
         return conv::ok;
     }

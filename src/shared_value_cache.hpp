@@ -311,7 +311,7 @@ public:
         }
         if (!slots_ && !ensure_table(map_size)) return convert(v);
         const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(&v) / entry_bytes;
-        slot& s = slots_[(at ^ (at >> slot_bits_)) & slot_mask_];
+        slot& s = slots_[(at ^ (at >> slot_bits_)) & (slot_count() - 1)];
         if (s.value == &v) return Py_NewRef(s.object);
         PyObject* fresh = convert(v);
         if (!fresh) return nullptr;
@@ -350,13 +350,11 @@ private:
         slots_ = static_cast<slot*>(std::calloc(std::size_t(1) << bits, sizeof(slot)));
         if (!slots_) return false;
         slot_bits_ = bits;
-        slot_mask_ = (std::size_t(1) << bits) - 1;
         return true;
     }
 
     slot* slots_ = nullptr;
     unsigned slot_bits_ = 0;
-    std::size_t slot_mask_ = 0;  // slot_count() - 1
     std::size_t reads_ = 0;  // reads before the table exists
 };
 

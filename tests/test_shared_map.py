@@ -170,8 +170,9 @@ def test_str_and_int_lookups_find_exactly_the_equal_keys():
     # Exact str and int keys are looked up without building a neutral key (find_value in
     # src/shared_object.cpp): a str's UTF-8 is hashed and compared where CPython keeps it, in
     # loads of 4 and 8 bytes (16-byte hash steps, 8-byte compares up to 64 bytes, memcmp past
-    # them); an int by its 64-bit value, other numeric kinds by the usual rules. Lengths around those loads, keys differing in one byte anywhere, non-ASCII strs,
-    # and ints stored as floats or bools must all be found exactly as by dict.
+    # them); an int by its 64-bit value, other numeric kinds by the usual rules. Lengths around
+    # those loads, keys differing in one byte anywhere, non-ASCII strs, and ints stored as
+    # floats or bools must all be found exactly as by dict.
     texts = ["x" * n for n in range(81)] + ["é" * n for n in range(1, 12)] + ["日本", "\ud800abc", "a\x00b"]
     m = SharedMap({t: i for i, t in enumerate(texts)})
     for i, t in enumerate(texts):
